@@ -1,0 +1,116 @@
+"""Anomaly maps: per-student, per-scale teacher discrepancy, fused, smoothed and scored.
+
+`fuse` works on live tensors and on saved per-scale maps alike, so an ablation over scale subsets or fusion
+rules never needs to retrain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .losses import cosine_distance
+
+SCALE_FUSIONS = ("sum", "mean", "product")
+STUDENT_FUSIONS = ("sum", "mean", "max")
+
+
+@dataclass
+class AnomalyOutput:
+    map: torch.Tensor  # B x 1 x H x W, fused and smoothed
+    score: torch.Tensor  # B
+    per_student: dict[str, torch.Tensor]  # name -> B x 1 x H x W, scales fused, smoothed
+    per_scale: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B x S x H x W, raw (unsmoothed)
+
+
+def per_scale_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
+                   size: tuple[int, int]) -> torch.Tensor:
+    """B x S x H x W: cosine distance at each scale, bilinearly upsampled to the input size."""
+    return torch.cat([
+        F.interpolate(cosine_distance(t, s).unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        for t, s in zip(teacher, student, strict=True)
+    ], dim=1)
+
+
+def gaussian_kernel(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of every channel of a B x C x H x W batch (reflect padding)."""
+    if sigma <= 0:
+        return x
+    k = gaussian_kernel(sigma, x.device, x.dtype)
+    r, c = k.numel() // 2, x.shape[1]
+    r_h, r_w = min(r, x.shape[2] - 1), min(r, x.shape[3] - 1)  # reflect padding needs pad < size
+    kh = k[r - r_h: r + r_h + 1].view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    kw = k[r - r_w: r + r_w + 1].view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    x = F.conv2d(F.pad(x, (0, 0, r_h, r_h), mode="reflect"), kh / kh.sum(dim=2, keepdim=True), groups=c)
+    return F.conv2d(F.pad(x, (r_w, r_w, 0, 0), mode="reflect"), kw / kw.sum(dim=3, keepdim=True), groups=c)
+
+
+def fuse_scales(per_scale: torch.Tensor, how: str = "sum", scales: Sequence[int] | None = None) -> torch.Tensor:
+    """B x S x H x W -> B x 1 x H x W over the chosen scale indices (0 = finest)."""
+    x = per_scale if scales is None else per_scale[:, list(scales)]
+    if how == "sum":
+        return x.sum(1, keepdim=True)
+    if how == "mean":
+        return x.mean(1, keepdim=True)
+    if how == "product":
+        return x.prod(1, keepdim=True)
+    raise ValueError(f"unknown scale fusion '{how}'; choose one of {', '.join(SCALE_FUSIONS)}")
+
+
+def fuse_students(stacked: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """B x K x H x W -> B x 1 x H x W."""
+    if how == "sum":
+        return stacked.sum(1, keepdim=True)
+    if how == "mean":
+        return stacked.mean(1, keepdim=True)
+    if how == "max":
+        return stacked.amax(1, keepdim=True)
+    raise ValueError(f"unknown student fusion '{how}'; choose one of {', '.join(STUDENT_FUSIONS)}")
+
+
+def image_score(amap: torch.Tensor, topk: int = 0) -> torch.Tensor:
+    """Max of the map (topk=0) or the mean of its `topk` largest pixels, which is less noise-driven."""
+    flat = amap.flatten(1)
+    if topk <= 0:
+        return flat.amax(1)
+    return flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(1)
+
+
+def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", student_fusion: str = "sum",
+         sigma: float = 4.0, scales: Sequence[int] | None = None, score_topk: int = 0,
+         norm: Mapping[str, torch.Tensor] | None = None) -> AnomalyOutput:
+    """Per-student per-scale maps -> AnomalyOutput.
+
+    `norm` maps a student to a 2 x S tensor (location, scale) fitted on training images: each scale's map
+    becomes (m - loc) / scale before fusion, so that scales and students with different ranges weigh alike.
+    """
+    fused = []
+    for name, maps in per_scale.items():
+        if norm is not None and name in norm:
+            loc, spread = norm[name][0].view(1, -1, 1, 1), norm[name][1].view(1, -1, 1, 1)
+            maps = (maps - loc.to(maps)) / spread.to(maps)
+        fused.append(fuse_scales(maps, scale_fusion, scales))
+    smoothed = gaussian_blur(torch.cat(fused, dim=1), sigma)
+    amap = fuse_students(smoothed, student_fusion)
+    return AnomalyOutput(
+        map=amap,
+        score=image_score(amap, score_topk),
+        per_student={name: smoothed[:, i: i + 1] for i, name in enumerate(per_scale)},
+        per_scale=dict(per_scale),
+    )
+
+
+__all__ = [
+    "SCALE_FUSIONS", "STUDENT_FUSIONS", "AnomalyOutput", "fuse", "fuse_scales", "fuse_students",
+    "gaussian_blur", "image_score", "per_scale_maps",
+]

@@ -1,0 +1,116 @@
+"""The DSKD network: a frozen teacher, the forward student Se, the DF embedding and the inverted student Sd.
+
+One configurable module; its variants are the ablation rows (`se_only` ~ STFPM, `sd_only` ~ Reverse
+Distillation, `dskd_no_df`, `dskd`). The teacher's pyramid is computed once per batch and shared by both
+students, the loss and the maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import build_teacher
+from .config import ModelConfig
+from .errors import DskdError
+from .losses import pyramid_loss
+from .maps import AnomalyOutput, fuse, per_scale_maps
+from .students import STUDENT_CHANNELS, DFEmbedding, ForwardStudent, InvertedStudent, PlainBridge
+
+Pyramid = list[torch.Tensor]
+
+
+def check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DskdError(f"images must be a B x 3 x H x W tensor in [0, 1], got {getattr(images, 'shape', images)}")
+    _, c, h, w = images.shape
+    if c != 3:
+        raise DskdError(f"images need 3 channels (RGB; repeat a grayscale channel), got {c}")
+    if h < 32 or w < 32 or h % 32 or w % 32:
+        raise DskdError(f"image sides must be multiples of 32 and at least 32 px, got {h} x {w}")
+
+
+class DSKD(nn.Module):
+    def __init__(self, config: ModelConfig, pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config.resolved()
+        cfg = self.config
+        self.teacher = build_teacher(cfg.backbone, pretrained)
+        tc = self.teacher.channels
+        self.se = ForwardStudent(tc) if "se" in cfg.students else None
+        self.embed: nn.Module | None = None
+        self.sd = None
+        if "sd" in cfg.students:
+            if cfg.variant == "dskd_no_df":
+                self.embed = PlainBridge(STUDENT_CHANNELS)
+            else:
+                self.embed = DFEmbedding(STUDENT_CHANNELS if cfg.df_source == "se" else tc)
+            self.sd = InvertedStudent(tc)
+        # Per student and scale: (location, spread) applied to the maps before fusion; identity until fitted.
+        norm = torch.zeros(len(cfg.students), 2, 3)
+        norm[:, 1] = 1.0
+        self.register_buffer("map_norm_stats", norm)
+
+    @property
+    def students(self) -> tuple[str, ...]:
+        return self.config.students
+
+    def student_parameters(self, name: str) -> list[nn.Parameter]:
+        """Se's own weights, or Sd's together with the embedding that feeds it (they train as one)."""
+        modules = [self.se] if name == "se" else [self.embed, self.sd]
+        return [p for m in modules if m is not None for p in m.parameters()]
+
+    def forward(self, images: torch.Tensor) -> tuple[Pyramid, dict[str, Pyramid]]:
+        """Teacher pyramid and each student's pyramid, all in the teacher's channel space."""
+        check_images(images)
+        x = self.teacher.normalize(images)
+        teacher = self.teacher(x)
+        out: dict[str, Pyramid] = {}
+        se_raw: Pyramid | None = None
+        if self.se is not None:
+            se_raw, out["se"] = self.se(x)
+        if self.sd is not None:
+            source = teacher if self.config.df_source == "teacher" else se_raw
+            out["sd"] = self.sd(self.embed(source))
+        return teacher, out
+
+    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        teacher, students = self(images)
+        cfg = self.config
+        weights = {"se": cfg.se_weight, "sd": cfg.sd_weight}
+        losses = {name: pyramid_loss(teacher, feats, cfg.scale_weights, cfg.loss) for name, feats in students.items()}
+        losses["total"] = sum(weights[n] * v for n, v in losses.items())
+        return losses
+
+    def per_scale_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Student name -> B x 3 x H x W raw discrepancy maps (before normalization and fusion)."""
+        teacher, students = self(images)
+        size = images.shape[-2:]
+        return {name: per_scale_maps(teacher, feats, size) for name, feats in students.items()}
+
+    def anomaly_map(self, images: torch.Tensor, scales: list[int] | None = None) -> AnomalyOutput:
+        cfg = self.config
+        norm = None
+        if cfg.map_norm != "none":
+            norm = {name: self.map_norm_stats[i] for i, name in enumerate(self.students)}
+        return fuse(self.per_scale_maps(images), scale_fusion=cfg.scale_fusion, student_fusion=cfg.student_fusion,
+                    sigma=cfg.sigma, scales=scales, score_topk=cfg.score_topk, norm=norm)
+
+
+def build_model(backbone: str = "efficientnet_lite0", variant: str = "dskd", pretrained: bool = True,
+                **options: Any) -> DSKD:
+    """Build a DSKD model; `options` are any `ModelConfig` fields (df_source, loss, scale_fusion, ...)."""
+    known = {f.name for f in fields(ModelConfig)} - {"backbone", "variant"}
+    unknown = set(options) - known
+    if unknown:
+        raise DskdError(f"unknown model option(s) {sorted(unknown)}; allowed: {', '.join(sorted(known))}")
+    return DSKD(ModelConfig(backbone=backbone, variant=variant, **options), pretrained=pretrained)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"trainable": trainable, "frozen": frozen}
