@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+import dskd
+from dskd.losses import pyramid_loss
+from dskd.maps import fuse, per_scale_maps
+
+
+@pytest.mark.parametrize("backbone", dskd.list_backbones())
+@pytest.mark.parametrize("variant", dskd.VARIANTS)
+def test_shapes_every_backbone_variant_size(backbone, variant):
+    model = dskd.build_model(backbone, variant, pretrained=False).eval()
+    for size in (64, 128, 256):
+        x = torch.rand(1, 3, size, size)
+        with torch.no_grad():
+            teacher, students = model(x)
+            out = model.anomaly_map(x)
+        assert set(students) == set(model.students)
+        for feats in students.values():
+            assert [f.shape for f in feats] == [t.shape for t in teacher]
+        assert out.map.shape == (1, 1, size, size) and out.score.shape == (1,)
+        assert set(out.per_student) == set(model.students)
+        assert all(m.shape == (1, 1, size, size) for m in out.per_student.values())
+        assert all(m.shape == (1, 3, size, size) for m in out.per_scale.values())
+        assert torch.isfinite(out.map).all()
+
+
+def test_loss_zero_when_student_matches_teacher():
+    feats = [torch.randn(2, c, s, s) for c, s in ((24, 16), (40, 8), (112, 4))]
+    assert pyramid_loss(feats, [f.clone() for f in feats]).item() == pytest.approx(0.0, abs=1e-6)
+    assert pyramid_loss(feats, [3.0 * f for f in feats]).item() == pytest.approx(0.0, abs=1e-6)  # direction only
+    assert pyramid_loss(feats, [-f for f in feats]).item() == pytest.approx(6.0, abs=1e-5)
+    assert pyramid_loss(feats, [-f for f in feats], kind="flat_cosine").item() == pytest.approx(6.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("variant", dskd.VARIANTS)
+def test_one_step_lowers_loss_and_keeps_teacher(variant):
+    model = dskd.build_model(variant=variant).train()
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    x = torch.rand(4, 3, 64, 64)
+    before = model.loss(x)
+    assert before["total"].requires_grad and set(before) == {*model.students, "total"}
+    before["total"].backward()
+    opt.step()
+    with torch.no_grad():
+        after = model.loss(x)["total"].item()
+    assert after < before["total"].item()
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+
+
+def test_students_interact_only_through_se_fed_df():
+    x = torch.rand(2, 3, 64, 64)
+    for source, expect_grad in (("se", True), ("teacher", False)):
+        model = dskd.build_model(variant="dskd", pretrained=False, df_source=source)
+        model.loss(x)["sd"].backward()
+        se_grads = [p.grad for p in model.se.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert bool(se_grads) == expect_grad, source
+
+
+def test_map_is_zero_for_identical_features_and_peaks_at_perturbation():
+    feats = [torch.randn(1, c, s, s) for c, s in ((24, 32), (40, 16), (112, 8))]
+    zero = per_scale_maps(feats, feats, (128, 128))
+    assert zero.abs().max().item() < 1e-5
+    student = [f.clone() for f in feats]
+    student[0][0, :, 20, 8] = -student[0][0, :, 20, 8]  # one feature vector flipped at stride 4
+    out = fuse({"se": per_scale_maps(feats, student, (128, 128))}, sigma=4.0)
+    y, x = divmod(out.map[0, 0].argmax().item(), 128)
+    assert abs(y - (20 * 4 + 1.5)) <= 3 and abs(x - (8 * 4 + 1.5)) <= 3
+    assert out.score.item() == pytest.approx(out.map.max().item())
+
+
+def test_fusion_options_and_topk_score():
+    per_scale = {"se": torch.rand(2, 3, 32, 32), "sd": torch.rand(2, 3, 32, 32)}
+    s = fuse(per_scale, sigma=0)
+    torch.testing.assert_close(s.map, per_scale["se"].sum(1, keepdim=True) + per_scale["sd"].sum(1, keepdim=True))
+    p = fuse(per_scale, scale_fusion="product", student_fusion="max", sigma=0, scales=[0, 2])
+    expected = torch.maximum(per_scale["se"][:, [0, 2]].prod(1), per_scale["sd"][:, [0, 2]].prod(1)).unsqueeze(1)
+    torch.testing.assert_close(p.map, expected)
+    k = fuse(per_scale, sigma=0, score_topk=10)
+    torch.testing.assert_close(k.score, k.map.flatten(1).topk(10).values.mean(1))
+    norm = {"se": torch.tensor([[0.5, 0.5, 0.5], [2.0, 2.0, 2.0]])}
+    n = fuse({"se": per_scale["se"]}, sigma=0, norm=norm)
+    torch.testing.assert_close(n.map, ((per_scale["se"] - 0.5) / 2).sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64, 64), (1, 3, 48, 64), (1, 3, 16, 16), (3, 64, 64)])
+def test_bad_images_rejected(shape):
+    model = dskd.build_model(variant="se_only", pretrained=False)
+    with pytest.raises(ValueError, match="(channels|multiples of 32|B x 3 x H x W)"):
+        model.loss(torch.rand(*shape))
+
+
+def test_bad_names_rejected():
+    with pytest.raises(ValueError, match="dskd_no_df"):
+        dskd.build_model(variant="triple")
+    with pytest.raises(ValueError, match="resnet18"):
+        dskd.build_model(backbone="vgg")
+    with pytest.raises(ValueError, match="allowed"):
+        dskd.build_model(colour="red")
+    with pytest.raises(ValueError, match="teacher"):
+        dskd.build_model(variant="sd_only", df_source="se")
+
+
+def test_count_parameters():
+    model = dskd.build_model(variant="se_only", pretrained=False)
+    counts = dskd.count_parameters(model)
+    assert counts["frozen"] == sum(p.numel() for p in model.teacher.parameters())
+    assert counts["trainable"] == sum(p.numel() for p in model.se.parameters())
