@@ -50,7 +50,7 @@ class ModelConfig:
 
         get_spec(self.backbone)
         _choice("variant", self.variant, VARIANTS)
-        _choice("df_source", self.df_source, ("auto", *DF_SOURCES))
+        _choice("df_source", self.df_source, ("auto", *DF_SOURCES, "none"))  # "none": se_only, once resolved
         _choice("loss", self.loss, LOSS_KINDS)
         _choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
         _choice("student_fusion", self.student_fusion, STUDENT_FUSIONS)
@@ -58,6 +58,8 @@ class ModelConfig:
         if len(self.scale_weights) != 3:
             raise DskdError(f"scale_weights needs 3 values, got {self.scale_weights!r}")
         source = self.df_source
+        if source == "none" and self.variant != "se_only":
+            raise DskdError(f"variant '{self.variant}' needs df_source 'auto', 'se' or 'teacher', not 'none'")
         if source == "auto":
             source = "teacher" if self.variant == "sd_only" else "se"
         if self.variant == "sd_only" and source != "teacher":

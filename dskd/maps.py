@@ -26,13 +26,20 @@ class AnomalyOutput:
     per_scale: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B x S x H x W, raw (unsmoothed)
 
 
+def native_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per scale, B x 1 x h x w cosine distance at the scale's own resolution (what `--save-maps` stores)."""
+    return [cosine_distance(t, s).unsqueeze(1) for t, s in zip(teacher, student, strict=True)]
+
+
+def upsample_scales(native: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """B x S x H x W: each scale's map bilinearly upsampled to the input size."""
+    return torch.cat([F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False) for m in native], 1)
+
+
 def per_scale_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
                    size: tuple[int, int]) -> torch.Tensor:
     """B x S x H x W: cosine distance at each scale, bilinearly upsampled to the input size."""
-    return torch.cat([
-        F.interpolate(cosine_distance(t, s).unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        for t, s in zip(teacher, student, strict=True)
-    ], dim=1)
+    return upsample_scales(native_maps(teacher, student), size)
 
 
 def gaussian_kernel(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -112,5 +119,5 @@ def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", st
 
 __all__ = [
     "SCALE_FUSIONS", "STUDENT_FUSIONS", "AnomalyOutput", "fuse", "fuse_scales", "fuse_students",
-    "gaussian_blur", "image_score", "per_scale_maps",
+    "gaussian_blur", "image_score", "native_maps", "per_scale_maps", "upsample_scales",
 ]

@@ -17,7 +17,7 @@ from .backbones import build_teacher
 from .config import ModelConfig
 from .errors import DskdError
 from .losses import pyramid_loss
-from .maps import AnomalyOutput, fuse, per_scale_maps
+from .maps import AnomalyOutput, fuse, native_maps, upsample_scales
 from .students import STUDENT_CHANNELS, DFEmbedding, ForwardStudent, InvertedStudent, PlainBridge
 
 Pyramid = list[torch.Tensor]
@@ -85,19 +85,26 @@ class DSKD(nn.Module):
         losses["total"] = sum(weights[n] * v for n, v in losses.items())
         return losses
 
-    def per_scale_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Student name -> B x 3 x H x W raw discrepancy maps (before normalization and fusion)."""
+    def native_maps(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Student name -> per scale, B x 1 x h x w raw discrepancy at the scale's own resolution."""
         teacher, students = self(images)
-        size = images.shape[-2:]
-        return {name: per_scale_maps(teacher, feats, size) for name, feats in students.items()}
+        return {name: native_maps(teacher, feats) for name, feats in students.items()}
+
+    def map_norm(self) -> dict[str, torch.Tensor] | None:
+        if self.config.map_norm == "none":
+            return None
+        return {name: self.map_norm_stats[i] for i, name in enumerate(self.students)}
+
+    def fuse(self, native: dict[str, list[torch.Tensor]], size: tuple[int, int],
+             scales: list[int] | None = None) -> AnomalyOutput:
+        """Native per-scale maps -> the model's fused, smoothed map and score (its own fusion settings)."""
+        cfg = self.config
+        per_scale = {name: upsample_scales(maps, size) for name, maps in native.items()}
+        return fuse(per_scale, scale_fusion=cfg.scale_fusion, student_fusion=cfg.student_fusion, sigma=cfg.sigma,
+                    scales=scales, score_topk=cfg.score_topk, norm=self.map_norm())
 
     def anomaly_map(self, images: torch.Tensor, scales: list[int] | None = None) -> AnomalyOutput:
-        cfg = self.config
-        norm = None
-        if cfg.map_norm != "none":
-            norm = {name: self.map_norm_stats[i] for i, name in enumerate(self.students)}
-        return fuse(self.per_scale_maps(images), scale_fusion=cfg.scale_fusion, student_fusion=cfg.student_fusion,
-                    sigma=cfg.sigma, scales=scales, score_topk=cfg.score_topk, norm=norm)
+        return self.fuse(self.native_maps(images), images.shape[-2:], scales)
 
 
 def build_model(backbone: str = "efficientnet_lite0", variant: str = "dskd", pretrained: bool = True,

@@ -1,6 +1,7 @@
 """The project's own promises: dependency lists agree, the README states the two commands, CI calls the tests."""
 
 import re
+
 import tomllib
 
 from .conftest import REPO

@@ -1,0 +1,160 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import dskd
+from dskd.cli import main
+from dskd.config import profile_config
+from dskd.engine import fit, load_run
+
+from .conftest import REPO
+
+
+def _cfg(data_root, **kw):
+    return profile_config("test", data_root=str(data_root), **kw)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dskd", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_train_evaluate_predict_end_to_end(data_root, tmp_path):
+    run = tmp_path / "run"
+    r = _cli("train", "--profile", "test", "--dataset", "synthetic", "--category", "grid", "--data-root", data_root,
+             "--backbone", "efficientnet_lite0", "--variant", "dskd", "--image-size", 64, "--epochs", 1,
+             "--batch-size", 8, "--seed", 0, "--device", "cpu", "--out", run, "--quiet", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((run / "config.json").read_text())
+    assert info["completed"] and info["torch"] == torch.__version__ and info["config"]["image_size"] == 64
+    assert info["train_files_fingerprint"] and info["device"].startswith("cpu") and "git_commit" in info
+    log_lines = (run / "train_log.csv").read_text().splitlines()
+    assert log_lines[0].startswith("epoch,loss_se,loss_sd,loss_total,seconds") and len(log_lines) == 2
+
+    r = _cli("evaluate", "--run", run, "--json", "--save-maps", "--device", "cpu", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)  # exactly one JSON object
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["n_test"] == 40 and result["seconds"] > 0
+    assert json.loads((run / "metrics.json").read_text())["aupro"] == result["aupro"]
+    saved = np.load(run / "maps.npz")
+    assert saved["maps"].shape == (40, 64, 64) and saved["masks"].shape == (40, 64, 64)
+    assert saved["scale0_se"].shape == (40, 16, 16) and saved["scale2_sd"].shape == (40, 4, 4)
+
+    images = data_root / "synthetic" / "grid" / "test" / "hole"
+    r = _cli("predict", "--run", run, images, "--out", tmp_path / "pred", "--device", "cpu", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "pred" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,score,is_anomalous,overlay" and len(rows) == 1 + 6
+    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == 6
+
+
+def test_resume_gives_the_same_weights(data_root, tmp_path, monkeypatch):
+    cfg = _cfg(data_root, epochs=2, variant="dskd")
+    whole = fit(cfg, tmp_path / "whole", quiet=True)
+
+    import dskd.engine as engine
+    real = engine._write_log
+
+    def interrupt_after_first_epoch(path, rows):
+        real(path, rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_write_log", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "parts", quiet=True)
+    monkeypatch.setattr(engine, "_write_log", real)
+    assert torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    with pytest.raises(dskd.DskdError, match="--resume"):
+        fit(cfg, tmp_path / "parts", resume=False, quiet=True)
+    parts = fit(cfg, tmp_path / "parts", resume=True, quiet=True)
+    a = torch.load(whole.checkpoint, weights_only=False)["model"]
+    b = torch.load(parts.checkpoint, weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_finished_run_is_cached(data_root, tmp_path):
+    cfg = _cfg(data_root, variant="se_only")
+    run = fit(cfg, runs_root=tmp_path, quiet=True)
+    stamp = run.checkpoint.stat().st_mtime_ns
+    again = fit(cfg, runs_root=tmp_path, quiet=True)
+    assert again.path == run.path and again.checkpoint.stat().st_mtime_ns == stamp
+    with pytest.raises(dskd.DskdError, match="other settings"):
+        fit(_cfg(data_root, variant="se_only", seed=1), run.path, quiet=True)
+
+
+KILL_DURING_SAVE = """
+import os, sys, torch
+import dskd.engine as engine
+from dskd.config import profile_config
+calls = 0
+real_save = torch.save
+def dying_save(obj, f, *a, **k):
+    global calls
+    calls += 1
+    if calls == 2:  # the second epoch's checkpoint: write half of it, then die like a killed process
+        import io
+        buf = io.BytesIO(); real_save(obj, buf)
+        with open(f, "wb") as h:
+            h.write(buf.getvalue()[: len(buf.getvalue()) // 2]); h.flush()
+        os._exit(9)
+    return real_save(obj, f, *a, **k)
+torch.save = dying_save
+engine.fit(profile_config("test", data_root=sys.argv[1], epochs=3, variant="se_only"), sys.argv[2], quiet=True)
+"""
+
+
+def test_checkpoint_is_never_half_written(data_root, tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(data_root), str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 9, r.stderr
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)  # loads: the old, complete file
+    assert ckpt["epoch"] == 1
+    run = fit(profile_config("test", data_root=str(data_root), epochs=3, variant="se_only"), out, quiet=True)
+    assert torch.load(run.checkpoint, weights_only=False)["epoch"] == 3
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+    import dskd.model as model_module
+    real = model_module.pyramid_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        value = real(*a, **k)
+        return value * float("nan") if calls["n"] > 8 else value  # 60 images, batch 8: 8 steps an epoch
+
+    monkeypatch.setattr(model_module, "pyramid_loss", poisoned)
+    with pytest.raises(dskd.DskdError, match="non-finite.*epoch 2"):
+        fit(_cfg(data_root, epochs=3, variant="se_only"), tmp_path / "run", quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train"], ["--out"]),
+    (["train", "--out", "X", "--variant", "triple"], ["triple"]),
+    (["train", "--out", "X", "--dataset", "mvtec_ad", "--category", "bottle", "--data-root", "/nonexistent"],
+     ["/nonexistent"]),
+    (["train", "--out", "X", "--dataset", "mvtec_ad"], ["--category"]),
+    (["train", "--out", "X", "--image-size", "100"], ["100", "multiple of 32"]),
+    (["evaluate", "--run", "/nonexistent/run"], ["/nonexistent/run"]),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
+    argv = [str(tmp_path / a) if a == "X" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+def test_load_run_refuses_unfinished(tmp_path):
+    with pytest.raises(dskd.DskdError, match="not a trained run"):
+        load_run(tmp_path)
