@@ -8,6 +8,7 @@ Runs are cached by the hash of their config: fitting a config that already finis
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -108,13 +109,14 @@ def _datasets(cfg: RunConfig, split: str, data_root: str | Path | None = None) -
                         split_file=cfg.split_file, fit_mode=cfg.fit_mode)
 
 
-def preload(dataset: AnomalyDataset, workers: int = 2, desc: str = "loading") -> tuple[torch.Tensor, torch.Tensor]:
+def preload(dataset: AnomalyDataset, workers: int = 2, desc: str = "loading",
+            quiet: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """All images (N x 3 x S x S uint8) and masks (N x S x S bool) decoded once, in parallel."""
     n, s = len(dataset), dataset.image_size
     images = torch.empty(n, 3, s, s, dtype=torch.uint8)
     masks = torch.empty(n, s, s, dtype=torch.bool)
     loader = DataLoader(range(n), batch_size=16, num_workers=min(workers, n), collate_fn=_DecodeBatch(dataset))
-    for idx, img, mask in tqdm(loader, desc=desc, leave=False, disable=n < 64):
+    for idx, img, mask in tqdm(loader, desc=desc, leave=False, disable=quiet or n < 64):
         images[idx], masks[idx] = img, mask
     return images, masks
 
@@ -176,6 +178,14 @@ def fit(config: RunConfig, out: str | Path | None = None, *, resume: bool = True
     """Train a run. With `out=None` the run lives in `runs_root/<run name>`; a finished run returns at once."""
     cfg = config.validate()
     run = RunDir(Path(out) if out is not None else Path(runs_root) / cfg.run_name(), cfg)
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    # One trainer per run directory: a second process (a parallel notebook) waits, then finds the run done.
+    with open(run.path.parent / f".{run.path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fit_locked(cfg, run, resume, quiet)
+
+
+def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDir:
     info_file = run.path / "config.json"
     if info_file.is_file():
         info = run.info()
@@ -189,7 +199,7 @@ def fit(config: RunConfig, out: str | Path | None = None, *, resume: bool = True
 
     device = resolve_device(cfg.device)
     train_set = _datasets(cfg, "train")
-    images, _ = preload(train_set, desc="loading training images")
+    images, _ = preload(train_set, desc="loading training images", quiet=quiet)
     n = len(train_set)
     info = _provenance(cfg, device, _fingerprint_files(train_set, Path(cfg.data_root)), n)
 
@@ -337,7 +347,7 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     loaded = load_run(run_dir, device)
     cfg, model = loaded.run.config, loaded.model
     test_set = _datasets(cfg, "test", data_root)
-    images, masks = preload(test_set, desc="loading test images")
+    images, masks = preload(test_set, desc="loading test images", quiet=quiet)
     n, s = len(test_set), cfg.image_size
     maps = np.empty((n, s, s), np.float32)
     scores = np.empty(n, np.float32)

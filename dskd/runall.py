@@ -1,0 +1,112 @@
+"""Run every notebook with papermill: `./run_all.sh [--profile P] [--data-root R] [--only NAME ...]`.
+
+Executed notebooks go to `<out>/notebooks/`. A notebook is skipped when its last run succeeded with the same
+notebook, the same package code and the same parameters (a stamp file records them), unless --force.
+A failing notebook does not stop the others; the summary at the end lists each one, and the exit status
+is non-zero when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .config import PROFILES
+from .files import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+
+
+def _stamp(notebook: Path, params: dict) -> str:
+    h = hashlib.sha256(notebook.read_bytes())
+    for src in sorted((REPO / "dskd").rglob("*.py")):
+        h.update(src.read_bytes())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool) -> tuple[str, str, float]:
+    executed = out_dir / "notebooks" / notebook.name
+    stamp_file = executed.with_suffix(".stamp.json")
+    stamp = _stamp(notebook, params)
+    if not force and executed.is_file() and stamp_file.is_file() and \
+            json.loads(stamp_file.read_text()).get("stamp") == stamp:
+        return notebook.stem, "up to date", 0.0
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-k", "python3", "--cwd",
+           str(NOTEBOOKS), "--log-output", "--no-progress-bar"]
+    for k, v in params.items():
+        cmd += ["-y", json.dumps({k: v})]
+    t0 = time.perf_counter()
+    log_file = executed.with_suffix(".log")
+    with open(log_file, "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    minutes = (time.perf_counter() - t0) / 60
+    if code == 0:
+        write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
+        return notebook.stem, "ok", minutes
+    stamp_file.unlink(missing_ok=True)
+    return notebook.stem, f"FAILED (see {log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file})", \
+        minutes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="./run_all.sh",
+        description="Regenerate every table and figure by running the notebooks with papermill. With no "
+                    "arguments: the offline demo (synthetic data, EfficientNet-Lite0 teacher) in about 15 "
+                    "minutes on 2 CPU cores.")
+    p.add_argument("--profile", choices=sorted(set(PROFILES) - {"test"}) + ["test"], default="demo",
+                   help="demo: synthetic data stands in for every benchmark (offline); quick: real data, CPU-sized; "
+                        "paper: ResNet18, 256 px, 200 epochs (GPU); test: the tiny profile of the test suite "
+                        "(default: demo)")
+    p.add_argument("--data-root", help="folder holding mvtec_ad/, mvtec3d/ and mt_defects/ (quick, paper); "
+                                       "absent benchmarks are skipped under quick and are an error under paper")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only these notebooks (a name or its prefix, e.g. 10_table_mvtec_ad or 10)")
+    p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
+    p.add_argument("--out", default=str(REPO / "results"), help="results folder (default: results/)")
+    args = p.parse_args(argv)
+
+    notebooks = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    if args.only:
+        chosen = [nb for nb in notebooks if any(nb.stem == o or nb.stem.startswith(o) for o in args.only)]
+        unknown = [o for o in args.only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
+        if unknown:
+            print(f"error: no notebook matches {unknown}; known: {', '.join(nb.stem for nb in notebooks)}",
+                  file=sys.stderr)
+            return 2
+        notebooks = chosen
+    out_dir = Path(args.out).resolve()
+    params = {"profile": args.profile, "out_dir": str(out_dir)}
+    if args.data_root:
+        params["data_root"] = str(Path(args.data_root).resolve())
+    if args.profile == "test":
+        params["complexity_size"] = 64
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force)), notebooks))
+    print(f"\n{'notebook':<32} {'status':<40} {'minutes':>7}")
+    for name, status, minutes in results:
+        print(f"{name:<32} {status:<40} {minutes:>7.1f}")
+    failed = [r for r in results if r[1].startswith("FAILED")]
+    print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
+          f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")
+    return 1 if failed else 0
+
+
+def _announce(result: tuple[str, str, float]) -> tuple[str, str, float]:
+    print(f"[{time.strftime('%H:%M:%S')}] {result[0]}: {result[1]} ({result[2]:.1f} min)", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
