@@ -1,0 +1,275 @@
+"""Speed side by side: dskd's variants and, when installed, anomalib's Stfpm and ReverseDistillation.
+
+    python -m benchmarks.speed [--backbone resnet18] [--image-size 256] [--batch 8] [--repeats 5]
+
+Every model is measured in the same process, alternating A/B/A/B over the repeats; each number is the median
+of the repeats. Peak memory is measured in a fresh child process per model (the RSS high-water mark of a
+process cannot be attributed to one of several models). Weights are random: speed does not depend on them,
+and anomalib's teachers would otherwise need a download. Writes results/benchmarks/speed.csv and speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DSKD_MODELS = ("dskd", "se_only", "sd_only")
+ANOMALIB_MODELS = ("anomalib_stfpm", "anomalib_reverse_distillation")
+
+
+def anomalib_available() -> bool:
+    try:
+        import anomalib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Bench:
+    """One model behind a uniform interface: a training step and an inference call (map included)."""
+
+    def __init__(self, name: str, backbone: str, image_size: int) -> None:
+        self.name = name
+        if name in DSKD_MODELS:
+            import dskd
+
+            self.model = dskd.build_model(backbone, name, pretrained=False)
+            self.loss_fn = lambda x: self.model.loss(x)["total"]
+            self.infer_fn = lambda x: self.model.anomaly_map(x).map
+            groups = [(self.model.student_parameters(s), s) for s in self.model.students]
+            self.optims = [_recipe(params, student) for params, student in groups]
+        elif name == "anomalib_stfpm":
+            from anomalib.models.image.stfpm import torch_model as stfpm
+            from anomalib.models.image.stfpm.loss import STFPMLoss
+
+            real = stfpm.TimmFeatureExtractor
+            stfpm.TimmFeatureExtractor = lambda **kw: real(**{**kw, "pre_trained": False})  # offline teacher
+            try:
+                self.model = stfpm.STFPMModel(layers=["layer1", "layer2", "layer3"], backbone=backbone)
+            finally:
+                stfpm.TimmFeatureExtractor = real
+            loss = STFPMLoss()
+            self.loss_fn = lambda x: loss(*self.model(x))
+            self.infer_fn = lambda x: self.model(x).anomaly_map
+            self.optims = [_recipe([p for p in self.model.student_model.parameters()], "se")]
+        elif name == "anomalib_reverse_distillation":
+            from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
+            from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
+            from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
+
+            self.model = ReverseDistillationModel(backbone=backbone, input_size=(image_size, image_size),
+                                                  layers=["layer1", "layer2", "layer3"],
+                                                  anomaly_map_mode=AnomalyMapGenerationMode.ADD, pre_trained=False)
+            for p in self.model.encoder.parameters():
+                p.requires_grad_(False)
+            loss = ReverseDistillationLoss()
+            self.loss_fn = lambda x: loss(*self.model(x))
+            self.infer_fn = lambda x: self.model(x).anomaly_map
+            params = [*self.model.decoder.parameters(), *self.model.bottleneck.parameters()]
+            self.optims = [_recipe(params, "sd")]
+        else:
+            raise ValueError(f"unknown model '{name}'")
+
+    def train_step(self, x: torch.Tensor) -> None:
+        self.model.train()
+        loss = self.loss_fn(x)
+        for opt in self.optims:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optims:
+            opt.step()
+
+    @torch.inference_mode()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return self.infer_fn(x)
+
+    def params(self) -> tuple[int, int]:
+        ps = list(self.model.parameters())
+        return sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps if not p.requires_grad)
+
+    def gflops(self, x1: torch.Tensor) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.infer(x1)
+        return counter.get_total_flops() / 1e9
+
+
+def _recipe(params, student: str) -> torch.optim.Optimizer:
+    """The parents' recipes, as dskd trains them: SGD for forward students, Adam for decoders."""
+    params = list(params)
+    if student == "se":
+        return torch.optim.SGD(params, lr=0.4, momentum=0.9, weight_decay=1e-4)
+    return torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+
+
+def _timed(fn: Callable[[], object], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def measure(models: list[str], backbone: str, image_size: int, batch: int, repeats: int, steps: int,
+            device: torch.device) -> pd.DataFrame:
+    benches = {m: Bench(m, backbone, image_size) for m in models}
+    for b in benches.values():
+        b.model.to(device)
+    x = torch.rand(batch, 3, image_size, image_size, device=device)
+    x16 = torch.rand(16, 3, image_size, image_size, device=device)
+    x1 = x[:1]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for b in benches.values():  # warm-up
+        b.train_step(x)
+        b.infer(x16)
+        b.infer(x1)
+    results: dict[str, dict[str, list[float]]] = {m: {"train": [], "infer": [], "latency": []} for m in models}
+    for _ in range(repeats):
+        for m, b in benches.items():  # A/B/A/B: every repeat visits every model once, in turn
+            results[m]["train"].append(batch / _timed(lambda b=b: (b.train_step(x), sync()), steps))
+            results[m]["infer"].append(16 / _timed(lambda b=b: (b.infer(x16), sync()), max(1, steps // 2)))
+            results[m]["latency"].append(1000 * _timed(lambda b=b: (b.infer(x1), sync()), steps))
+    rows = []
+    for m, b in benches.items():
+        trainable, frozen = b.params()
+        rows.append({"model": m, "train_img_s": statistics.median(results[m]["train"]),
+                     "infer_img_s": statistics.median(results[m]["infer"]),
+                     "latency_ms": statistics.median(results[m]["latency"]), "trainable_params": trainable,
+                     "frozen_params": frozen, "gflops": b.gflops(x1.cpu() if device.type == "cpu" else x1)})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def postprocess_share(backbone: str, image_size: int, repeats: int) -> float:
+    """Fraction of dskd's inference time (batch 16) spent after the networks: upsampling, fusion, smoothing."""
+    import dskd
+
+    model = dskd.build_model(backbone, "dskd", pretrained=False).eval()
+    x = torch.rand(16, 3, image_size, image_size)
+    with torch.inference_mode():
+        native = model.native_maps(x)
+        total = statistics.median(_timed(lambda: model.anomaly_map(x), 1) for _ in range(repeats))
+        post = statistics.median(_timed(lambda: model.fuse(native, x.shape[-2:]), 1) for _ in range(repeats))
+    return post / total
+
+
+def metrics_seconds(n: int = 500, size: int = 256) -> float:
+    from dskd.metrics import aupro, image_auroc, pixel_auroc
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((n, size, size), bool)
+    for i in range(0, n, 2):
+        y, x = rng.integers(0, size - 40, 2)
+        masks[i, y: y + rng.integers(4, 40), x: x + rng.integers(4, 40)] = True
+    maps = (rng.random((n, size, size), dtype=np.float32) + 0.5 * masks).astype(np.float32)
+    labels = masks.reshape(n, -1).any(1)
+    t0 = time.perf_counter()
+    image_auroc(labels, maps.reshape(n, -1).max(1))
+    pixel_auroc(masks, maps)
+    aupro(masks, maps)
+    return time.perf_counter() - t0
+
+
+def peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> float:
+    """RSS high-water mark of a fresh process that builds the model and runs training and inference steps."""
+    code = (f"import resource, torch, sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.speed import Bench; "
+            f"b = Bench({model!r}, {backbone!r}, {image_size}); "
+            f"x = torch.rand({batch}, 3, {image_size}, {image_size}); "
+            "[b.train_step(x) for _ in range(3)]; b.infer(torch.rand(16, 3, x.shape[2], x.shape[3])); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def cuda_peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> float:
+    b = Bench(model, backbone, image_size)
+    b.model.cuda()
+    torch.cuda.reset_peak_memory_stats()
+    x = torch.rand(batch, 3, image_size, image_size, device="cuda")
+    for _ in range(3):
+        b.train_step(x)
+    b.infer(torch.rand(16, 3, image_size, image_size, device="cuda"))
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="steps timed per repeat and model")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--models", nargs="+", help="subset of models (default: all available)")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    models = args.models or [*DSKD_MODELS, *(ANOMALIB_MODELS if anomalib_available() else ())]
+    t0 = time.perf_counter()
+    table = measure(models, args.backbone, args.image_size, args.batch, args.repeats, args.steps, device)
+    if not args.skip_memory:
+        table["peak_mem_mb"] = [
+            cuda_peak_memory_mb(m, args.backbone, args.image_size, args.batch) if device.type == "cuda"
+            else peak_memory_mb(m, args.backbone, args.image_size, args.batch) for m in table.index]
+    peers = [m for m in table.index if m.startswith("anomalib_")]
+    for peer in peers:
+        for col in ("train_img_s", "infer_img_s"):
+            table[f"{col}_vs_{peer}"] = table[col] / table.loc[peer, col]
+    post = postprocess_share(args.backbone, args.image_size, args.repeats) if device.type == "cpu" else float("nan")
+    metric_s = metrics_seconds()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from dskd.files import atomic_write, write_json, write_text
+    from dskd.suite import markdown
+
+    atomic_write(out / "speed.csv", lambda tmp: table.round(4).to_csv(tmp))
+    settings = (f"backbone {args.backbone}, {args.image_size} px, training batch {args.batch}, inference batch 16, "
+                f"latency at batch 1; median of {args.repeats} repeats x {args.steps} steps, models alternating; "
+                f"random weights; device {args.device}")
+    missing = "" if peers else "\n\nanomalib is not installed (`pip install -e .[bench]`): no peer rows.\n"
+    write_text(out / "speed.md", "\n".join([
+        "# Speed", "", f"Machine: {machine()}.", f"Settings: {settings}.", "",
+        markdown(table.round(3)), missing,
+        f"Map post-processing (upsampling, fusion, smoothing) share of dskd inference time: {post:.1%}.",
+        f"Metrics (image AUROC, pixel AUROC, AUPRO) over 500 maps of 256x256: {metric_s:.2f} s.",
+        f"Benchmark wall time: {(time.perf_counter() - t0) / 60:.1f} min.", ""]))
+    write_json(out / "speed_extra.json", {"postprocess_share": post, "metrics_seconds_500_maps": metric_s,
+                                          "machine": machine(), "settings": settings})
+    print((out / "speed.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
