@@ -99,12 +99,15 @@ def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", st
     """Per-student per-scale maps -> AnomalyOutput.
 
     `norm` maps a student to a 2 x S tensor (location, scale) fitted on training images: each scale's map
-    becomes (m - loc) / scale before fusion, so that scales and students with different ranges weigh alike.
+    becomes (m - loc) / scale before fusion, so that scales and students with different ranges weigh alike
+    (m / scale under product fusion, whose factors must stay non-negative).
     """
     fused = []
     for name, maps in per_scale.items():
         if norm is not None and name in norm:
             loc, spread = norm[name][0].view(1, -1, 1, 1), norm[name][1].view(1, -1, 1, 1)
+            if scale_fusion == "product":  # a product needs non-negative factors: rescale, do not shift
+                loc = torch.zeros_like(loc)
             maps = (maps - loc.to(maps)) / spread.to(maps)
         fused.append(fuse_scales(maps, scale_fusion, scales))
     smoothed = gaussian_blur(torch.cat(fused, dim=1), sigma)

@@ -84,6 +84,8 @@ def test_fusion_options_and_topk_score():
     norm = {"se": torch.tensor([[0.5, 0.5, 0.5], [2.0, 2.0, 2.0]])}
     n = fuse({"se": per_scale["se"]}, sigma=0, norm=norm)
     torch.testing.assert_close(n.map, ((per_scale["se"] - 0.5) / 2).sum(1, keepdim=True))
+    prod = fuse({"se": per_scale["se"]}, sigma=0, norm=norm, scale_fusion="product")
+    torch.testing.assert_close(prod.map, (per_scale["se"] / 2).prod(1, keepdim=True))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 64, 64), (1, 3, 48, 64), (1, 3, 16, 16), (3, 64, 64)])
