@@ -111,3 +111,42 @@ def test_count_parameters():
     counts = dskd.count_parameters(model)
     assert counts["frozen"] == sum(p.numel() for p in model.teacher.parameters())
     assert counts["trainable"] == sum(p.numel() for p in model.se.parameters())
+
+
+def _reference_anomaly_map(model, x):
+    """A slow, independent rendering of the documented pipeline: explicit normalization, dense 2-D Gaussian."""
+    import math
+
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        teacher, students = model(x)
+        total = 0
+        for i, name in enumerate(model.students):
+            per_student = 0
+            for j, (t, s) in enumerate(zip(teacher, students[name], strict=True)):
+                tn = t / t.norm(dim=1, keepdim=True).clamp_min(1e-6)
+                sn = s / s.norm(dim=1, keepdim=True).clamp_min(1e-6)
+                d = 1 - (tn * sn).sum(1, keepdim=True)
+                d = F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                loc, spread = model.map_norm_stats[i, 0, j], model.map_norm_stats[i, 1, j]
+                per_student = per_student + (d - loc) / spread
+            total = total + per_student
+        sigma = model.config.sigma
+        r = int(4 * sigma + 0.5)
+        g = torch.tensor([math.exp(-0.5 * (k / sigma) ** 2) for k in range(-r, r + 1)])
+        kernel = (g[:, None] * g[None, :]) / (g.sum() ** 2)
+        return F.conv2d(F.pad(total, (r, r, r, r), mode="reflect"), kernel[None, None])
+
+
+@pytest.mark.parametrize("variant", ["dskd", "se_only"])
+def test_fast_map_pipeline_matches_reference(variant):
+    model = dskd.build_model(variant=variant, pretrained=False).eval()
+    model.map_norm_stats[:, 0] = torch.rand_like(model.map_norm_stats[:, 0]) * 0.1  # fitted-looking statistics
+    model.map_norm_stats[:, 1] = 0.5 + torch.rand_like(model.map_norm_stats[:, 1])
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        fast = model.anomaly_map(x)
+    reference = _reference_anomaly_map(model, x)
+    torch.testing.assert_close(fast.map, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.score, reference.flatten(1).amax(1), rtol=1e-4, atol=1e-4)
