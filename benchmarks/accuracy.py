@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     exp = suite.experiment("mt_defects", args.profile, args.data_root, None, None, args.image_size, args.epochs,
                            args.seeds, out, split_file=args.split_file, fit_mode=args.fit_mode,
                            map_norm=args.map_norm)
-    if exp.skipped:
-        raise SystemExit(f"error: {exp.skipped}")
+    if exp.skipped or exp.stand_in:
+        raise SystemExit(f"error: {exp.skipped or 'profile ' + args.profile + ' does not use real data'}")
     t0 = time.perf_counter()
     runs = suite.run_grid(exp, args.configs, quiet=False)
     table = accuracy_table(runs, exp)
@@ -69,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.round(4).to_csv(tmp))
     shown = table[[c for c in table.columns if c.endswith(("_mean", "_std"))] + ["train_minutes"]].copy()
     for m in suite.METRICS:
-        shown[m] = [f"{100 * a:.1f} ± {100 * b:.1f}" for a, b in zip(shown[f"{m}_mean"], shown[f"{m}_std"], strict=False)]
+        pairs = zip(shown[f"{m}_mean"], shown[f"{m}_std"], strict=True)
+        shown[m] = [f"{100 * a:.1f} ± {100 * b:.1f}" for a, b in pairs]
     per_type = table[[c for c in table.columns if c.startswith("image_auroc_") and not c.endswith(("mean", "std"))]]
     write_text(target / f"{args.name}.md", "\n".join([
-        f"# {args.name}", "", f"Measured by this suite on {exp.describe()}; split file: {args.split_file or 'default'}.",
+        f"# {args.name}", "",
+        f"Measured by this suite on {exp.describe()}; split file: {args.split_file or 'default'}.",
         f"Fit mode {table['fit_mode'].iloc[0]}, map normalization {table['map_norm'].iloc[0]}. "
         f"Values in percent, mean ± std over seeds; train_minutes summed over seeds.", "",
         suite.markdown(shown[[*suite.METRICS, "train_minutes"]].assign(train_minutes=shown["train_minutes"].round(1))),

@@ -183,16 +183,19 @@ def metrics_seconds(n: int = 500, size: int = 256) -> float:
 
 
 def peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> float:
-    """RSS high-water mark of a fresh process that builds the model and runs training and inference steps."""
-    code = (f"import resource, torch, sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.speed import Bench; "
+    """RSS high-water mark (VmHWM) of a fresh process that builds the model and runs training and inference steps.
+
+    VmHWM, not getrusage: ru_maxrss survives fork and exec, so a child would report the parent's peak.
+    """
+    code = (f"import torch, sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.speed import Bench; "
             f"b = Bench({model!r}, {backbone!r}, {image_size}); "
             f"x = torch.rand({batch}, 3, {image_size}, {image_size}); "
             "[b.train_step(x) for _ in range(3)]; b.infer(torch.rand(16, 3, x.shape[2], x.shape[3])); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # VmHWM is in KiB
 
 
 def cuda_peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> float:

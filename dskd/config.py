@@ -167,7 +167,7 @@ class RunConfig:
 # Profiles are small overrides of the defaults above.
 PROFILES: dict[str, dict[str, Any]] = {
     # The offline demo: synthetic textures, small images, a few epochs; every table within minutes on a CPU.
-    "demo": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=128, epochs=4, batch_size=8),
+    "demo": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=128, epochs=3, batch_size=8),
     # Real data on a CPU with the offline teacher, sized so that the 3-seed, 5-configuration MT Defects benchmark
     # trains within an hour on 2 cores (docs/findings.md); expect far better numbers from longer GPU runs.
     "quick": dict(backbone="efficientnet_lite0", image_size=128, epochs=3, batch_size=8),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig, profile_config
+from .config import PROFILES, RunConfig, profile_config
 from .data import OFFICIAL_CATEGORIES
 from .data import categories as present_categories
 from .data.datasets import MVTEC_AD_TEXTURES
@@ -89,7 +89,9 @@ def experiment(dataset: str, profile: str = "demo", data_root: str | None = None
     out_dir = Path(out_dir)
     extra = {k: v for k, v in dict(backbone=backbone, image_size=image_size, epochs=epochs, **overrides).items()
              if v is not None}
-    synthetic = profile_config(profile).dataset == "synthetic" or dataset == "synthetic"
+    if profile not in PROFILES:
+        raise DskdError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
+    synthetic = PROFILES[profile].get("dataset") == "synthetic" or dataset == "synthetic"
     root = data_root or str(out_dir / "data")
     if synthetic:
         cats = list(categories or OFFICIAL_CATEGORIES["synthetic"])
@@ -165,7 +167,7 @@ def benchmark_table(exp: Experiment, runs: pd.DataFrame, metrics: Sequence[str] 
     """Per category (then texture / object / overall means for MVTec AD, overall mean elsewhere):
     one column per metric x method, values in percent, 'mean ± std' over seeds."""
     if runs.empty:
-        return pd.DataFrame({"note": [f"skipped: {exp.skipped}"]})
+        return _skipped(exp)
     per_seed = runs.pivot_table(index=["category", "seed"], columns="method", values=list(metrics))
     groups: list[tuple[str, list[str]]] = [(c, [c]) for c in exp.categories]
     if exp.dataset == "mvtec_ad" and not exp.stand_in:
@@ -186,10 +188,14 @@ def benchmark_table(exp: Experiment, runs: pd.DataFrame, metrics: Sequence[str] 
     return pd.DataFrame.from_dict(table, orient="index")
 
 
-def method_table(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+def _skipped(exp: Experiment | None) -> pd.DataFrame:
+    return pd.DataFrame({"note": [f"skipped: {exp.skipped if exp and exp.skipped else 'no runs'}"]})
+
+
+def method_table(runs: pd.DataFrame, exp: Experiment | None = None, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """One row per method: the mean over categories (per seed), then 'mean ± std' over seeds, in percent."""
     if runs.empty:
-        return pd.DataFrame()
+        return _skipped(exp)
     per_seed = runs.groupby(["method", "seed"], sort=False)[list(metrics)].mean()
     rows = {}
     for method, sub in per_seed.groupby(level="method", sort=False):
@@ -198,8 +204,10 @@ def method_table(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.Dat
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def per_defect_table(runs: pd.DataFrame) -> pd.DataFrame:
+def per_defect_table(runs: pd.DataFrame, exp: Experiment | None = None) -> pd.DataFrame:
     """Image AUROC (percent) of each defect type against the good images, per method, mean over seeds."""
+    if runs.empty:
+        return _skipped(exp)
     rows = []
     for _, r in runs.iterrows():
         for defect, value in (r["per_defect_image_auroc"] or {}).items():
@@ -286,10 +294,13 @@ def refuse(saved: Mapping[str, np.ndarray], scales: Sequence[int], scale_fusion:
 SCALE_SUBSETS = ((0,), (1,), (2,), (0, 1), (1, 2), (0, 1, 2))
 
 
-def multiscale_ablation(runs: pd.DataFrame, fusions: Sequence[str] = ("sum", "product")) -> pd.DataFrame:
+def multiscale_ablation(runs: pd.DataFrame, exp: Experiment | None = None,
+                        fusions: Sequence[str] = ("sum", "product")) -> pd.DataFrame:
     """Scale subsets x scale fusion, re-fused from each run's saved maps; mean over runs, in percent."""
     from .metrics import all_metrics
 
+    if runs.empty:
+        return _skipped(exp)
     rows = []
     for _, r in runs.iterrows():
         saved = load_maps(r["run"])
@@ -354,7 +365,8 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
     saved = load_maps(run)
     picks = pick_samples(saved, n_samples)
     cols = ["image", "ground truth", "teacher − Se", "teacher − Sd", "fused", "overlay"]
-    fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.2 * len(cols), 2.2 * len(picks)), squeeze=False)
+    fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.2 * len(picks)), squeeze=False,
+                             layout="constrained")
     for row, i in enumerate(picks):
         img = saved["images"][i]
         student = {str(n): saved[f"student_{n}"][i].astype(np.float32) for n in saved["students"]}
@@ -374,14 +386,16 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
             elif panel is None:
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
             elif col in (2, 3):
-                ax.imshow(panel, cmap="jet", vmin=0, vmax=vmax)
+                shown = ax.imshow(panel, cmap="jet", vmin=0, vmax=vmax)
+                if col == 3:
+                    fig.colorbar(shown, ax=axes[row, 2:4].tolist(), fraction=0.046, pad=0.02,
+                                 label="discrepancy (row scale)")
             elif col == 4:
                 ax.imshow(panel, cmap="jet")
             else:
                 ax.imshow(panel, cmap="gray" if col == 1 else None)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return fig
 
 

@@ -52,7 +52,8 @@ def texture(category: str, rng: np.random.Generator, size: int = SIZE) -> np.nda
 
 
 def paint_defect(img: np.ndarray, defect: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paint one defect; returns (image, mask) where the mask is exactly the set of changed pixels' region."""
+    """Paint one defect, blended so that it is visible but not trivial; returns (image, mask), the mask being
+    exactly the set of changed pixels."""
     size = img.shape[0]
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
@@ -60,20 +61,20 @@ def paint_defect(img: np.ndarray, defect: str, rng: np.random.Generator) -> tupl
     if defect == "scratch":
         angle, length = rng.uniform(0, np.pi), rng.uniform(0.18, 0.35) * size
         dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
-        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=int(rng.integers(2, 4)))
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=int(rng.integers(1, 3)))
         colour = np.array([0.05, 0.05, 0.05]) if rng.random() < 0.5 else np.array([0.97, 0.97, 0.97])
-        alpha = 1.0
+        alpha = 0.6
     elif defect in ("spot", "hole"):
         r = rng.uniform(0.03, 0.07) * size
         draw.ellipse([cx - r, cy - r * rng.uniform(0.7, 1.3), cx + r, cy + r * rng.uniform(0.7, 1.3)], fill=255)
-        colour = np.array([0.02, 0.02, 0.02]) if defect == "hole" else rng.uniform(0.1, 0.9, 3)
-        alpha = 1.0 if defect == "hole" else 0.8
+        colour = np.array([0.10, 0.10, 0.10]) if defect == "hole" else rng.uniform(0.1, 0.9, 3)
+        alpha = 0.8 if defect == "hole" else 0.5
     elif defect == "stain":
         for _ in range(3):
             oy, ox = rng.normal(0, 0.04 * size, 2)
             r = rng.uniform(0.04, 0.08) * size
             draw.ellipse([cx + ox - r, cy + oy - r, cx + ox + r, cy + oy + r], fill=255)
-        colour, alpha = np.array([0.55, 0.15, 0.10]), 0.6
+        colour, alpha = np.array([0.55, 0.15, 0.10]), 0.35
     else:
         raise ValueError(f"unknown defect '{defect}'; choose one of {', '.join(DEFECTS)}")
     mask = np.asarray(canvas) > 0
