@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,7 +166,32 @@ def postprocess_share(backbone: str, image_size: int, repeats: int) -> float:
     return post / total
 
 
-def metrics_seconds(n: int = 500, size: int = 256) -> float:
+def profile_step(backbone: str, image_size: int, batch: int) -> str:
+    """torch.profiler's view of one dskd training step: where the time goes, by operator kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b = Bench("dskd", backbone, image_size)
+    x = torch.rand(batch, 3, image_size, image_size)
+    b.train_step(x)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        b.train_step(x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"convolution (forward and backward)": ("conv", "mkldnn"), "batch norm": ("batch_norm",),
+              "optimizer": ("adam", "sgd", "lerp", "addcdiv", "_foreach", "sqrt"), "cosine loss": ("cosine", "norm")}
+    shares = dict.fromkeys(groups, 0.0)
+    for e in events:
+        for name, keys in groups.items():
+            if any(k in e.key.lower() for k in keys):
+                shares[name] += e.self_cpu_time_total
+                break
+    lines = [f"- {name}: {100 * t / total:.1f}% of the step" for name, t in shares.items()]
+    lines.append(f"- everything else: {100 * (total - sum(shares.values())) / total:.1f}%")
+    return "\n".join(lines)
+
+
+def metrics_seconds(n: int = 500, size: int = 256) -> tuple[float, float]:
+    """Seconds for image AUROC, pixel AUROC and AUPRO over n maps, and their peak extra memory / the maps' size."""
     from dskd.metrics import aupro, image_auroc, pixel_auroc
 
     rng = np.random.default_rng(0)
@@ -175,11 +201,15 @@ def metrics_seconds(n: int = 500, size: int = 256) -> float:
         masks[i, y: y + rng.integers(4, 40), x: x + rng.integers(4, 40)] = True
     maps = (rng.random((n, size, size), dtype=np.float32) + 0.5 * masks).astype(np.float32)
     labels = masks.reshape(n, -1).any(1)
+    tracemalloc.start()
     t0 = time.perf_counter()
     image_auroc(labels, maps.reshape(n, -1).max(1))
     pixel_auroc(masks, maps)
     aupro(masks, maps)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return seconds, peak / maps.nbytes
 
 
 def peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> float:
@@ -251,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         for col in ("train_img_s", "infer_img_s"):
             table[f"{col}_vs_{peer}"] = table[col] / table.loc[peer, col]
     post = postprocess_share(args.backbone, args.image_size, args.repeats) if device.type == "cpu" else float("nan")
-    metric_s = metrics_seconds()
+    metric_s, metric_peak = metrics_seconds()
+    step_profile = profile_step(args.backbone, args.image_size, args.batch) if device.type == "cpu" else ""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from dskd.files import atomic_write, write_json, write_text
@@ -266,9 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         "# Speed", "", f"Machine: {machine()}.", f"Settings: {settings}.", "",
         markdown(table.round(3)), missing,
         f"Map post-processing (upsampling, fusion, smoothing) share of dskd inference time: {post:.1%}.",
-        f"Metrics (image AUROC, pixel AUROC, AUPRO) over 500 maps of 256x256: {metric_s:.2f} s.",
+        f"Metrics (image AUROC, pixel AUROC, AUPRO) over 500 maps of 256x256: {metric_s:.2f} s, peak extra memory "
+        f"{metric_peak:.2f} x the maps' own.",
+        *(["", "Where one dskd training step's time goes (torch.profiler, self CPU time):", step_profile]
+          if step_profile else []),
         f"Benchmark wall time: {(time.perf_counter() - t0) / 60:.1f} min.", ""]))
     write_json(out / "speed_extra.json", {"postprocess_share": post, "metrics_seconds_500_maps": metric_s,
+                                          "metrics_peak_memory_vs_maps": metric_peak,
                                           "machine": machine(), "settings": settings})
     print((out / "speed.md").read_text())
     return 0

@@ -379,7 +379,7 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
             if row == 0:
                 ax.set_title(cols[col], fontsize=10)
             if col == 0:
-                ax.set_ylabel(str(saved["defect_types"][i]), fontsize=9)
+                ax.set_ylabel(f"{saved['defect_types'][i]}\n{Path(str(saved['paths'][i])).name}", fontsize=8)
             if col == 5:
                 ax.imshow(img)
                 ax.imshow(fused, cmap="jet", alpha=0.45, vmin=float(fused.min()), vmax=float(fused.max()))
