@@ -250,7 +250,7 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
                             "lower the learning rate (--lr) and resume or restart")
         seconds = time.perf_counter() - t0
         rows.append({"epoch": epoch, **{f"loss_{k}": round(v, 6) for k, v in mean.items()},
-                     "seconds": round(seconds, 3), "images_per_s": round(len(batches) * bs / seconds, 2)})
+                     "seconds": round(seconds, 3), "images_per_s": round(sum(map(len, batches)) / seconds, 2)})
         epochs.set_postfix(loss=f"{mean['total']:.4f}", img_s=f"{rows[-1]['images_per_s']:.1f}")
         _save_checkpoint(run.checkpoint, {"epoch": epoch, "model": _student_state(model), "log": rows,
                                           "optimizers": {k: o.state_dict() for k, o in optims.items()},

@@ -1,5 +1,6 @@
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_every_notebook_executes_under_the_test_profile(tmp_path):
     assert "qualitative_synthetic_stripes.png" in figures and "qualitative_synthetic_stripes.pdf" in figures
     assert len(list((tmp_path / "notebooks").glob("*.ipynb"))) == len(NOTEBOOKS)
     # A second run finds everything up to date and runs nothing.
-    again = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "dskd.runall", "--profile", "test", "--out",
+    again = subprocess.run([sys.executable, "-m", "dskd.runall", "--profile", "test", "--out",
                             str(tmp_path), "--only", "22"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "up to date" in again.stdout
 
