@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", required=True)
     p.add_argument("--split-file", help="MT_Free training list (default: the documented 80/20 split)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(suite.METHODS))
     p.add_argument("--profile", default="quick")
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", choices=list_backbones())
     t.add_argument("--variant", choices=VARIANTS)
     t.add_argument("--df-source", choices=("auto", "se", "teacher"))
+    t.add_argument("--df-detach", action="store_const", const=True, help="Sd's loss does not train Se")
     t.add_argument("--image-size", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -76,7 +77,8 @@ def _train(args: argparse.Namespace) -> None:
         category = "mt_defects"
     cfg = profile_config(
         args.profile, dataset=args.dataset, category=category, data_root=args.data_root,
-        backbone=args.backbone, variant=args.variant, df_source=args.df_source, image_size=args.image_size,
+        backbone=args.backbone, variant=args.variant, df_source=args.df_source, df_detach=args.df_detach,
+        image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
         split_file=args.split_file, fit_mode=args.fit_mode, map_norm=args.map_norm,
     )

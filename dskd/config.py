@@ -33,6 +33,9 @@ class ModelConfig:
     # Which pyramid feeds the DF embedding: "se" lets the students interact (DSKD), "teacher" is Reverse
     # Distillation's arrangement. "auto" resolves to "teacher" for sd_only and "se" otherwise.
     df_source: str = "auto"
+    # With df_source="se": stop Sd's gradient at the DF input, so that Se trains on its own loss only while Sd
+    # still decodes from Se's features (False: Sd's loss also trains Se).
+    df_detach: bool = False
     loss: str = "pixel_cosine"  # or "flat_cosine" (Reverse Distillation's)
     scale_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     se_weight: float = 1.0
@@ -144,6 +147,7 @@ class RunConfig:
     def run_name(self) -> str:
         m = self.model
         src = "" if m.variant != "dskd" or m.df_source in ("se", "auto") else f"-df{m.df_source}"
+        src += "-detach" if m.df_detach and m.variant != "sd_only" else ""
         return (f"{self.dataset}-{self.category}-{m.backbone}-{m.variant}{src}-{self.image_size}px-"
                 f"e{self.epochs}-s{self.seed}-{self.fingerprint()}")
 

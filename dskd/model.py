@@ -74,6 +74,8 @@ class DSKD(nn.Module):
             se_raw, out["se"] = self.se(x)
         if self.sd is not None:
             source = teacher if self.config.df_source == "teacher" else se_raw
+            if self.config.df_detach and source is se_raw:
+                source = [f.detach() for f in se_raw]
             out["sd"] = self.sd(self.embed(source))
         return teacher, out
 

@@ -53,11 +53,12 @@ def test_one_step_lowers_loss_and_keeps_teacher(variant):
 
 def test_students_interact_only_through_se_fed_df():
     x = torch.rand(2, 3, 64, 64)
-    for source, expect_grad in (("se", True), ("teacher", False)):
-        model = dskd.build_model(variant="dskd", pretrained=False, df_source=source)
+    for source, detach, expect_grad in (("se", False, True), ("teacher", False, False), ("se", True, False)):
+        model = dskd.build_model(variant="dskd", pretrained=False, df_source=source, df_detach=detach)
         model.loss(x)["sd"].backward()
         se_grads = [p.grad for p in model.se.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
-        assert bool(se_grads) == expect_grad, source
+        assert bool(se_grads) == expect_grad, (source, detach)
+        assert model.loss(x)["sd"].requires_grad  # Sd itself still trains
 
 
 def test_map_is_zero_for_identical_features_and_peaks_at_perturbation():
