@@ -19,6 +19,7 @@ from scipy.ndimage import gaussian_filter
 
 log = logging.getLogger(__name__)
 
+GENERATOR_VERSION = "2"  # bump when the images change, so that stale copies on disk are regenerated
 CATEGORIES = ("stripes", "grid", "noise")
 DEFECTS = ("scratch", "spot", "hole", "stain")
 SIZE, N_TRAIN, N_TEST_GOOD, N_TEST_PER_DEFECT = 128, 60, 16, 6
@@ -108,12 +109,17 @@ def ensure_synthetic(root: Path | str, categories: tuple[str, ...] = CATEGORIES,
     root.mkdir(parents=True, exist_ok=True)
     for category in categories:
         target = root / category
-        if target.is_dir():
+        stamp = target / ".generator"
+        if target.is_dir() and stamp.is_file() and stamp.read_text() == f"{GENERATOR_VERSION} {seed}":
             continue
+        if target.is_dir():
+            log.info("synthetic category '%s' under %s is stale; regenerating it", category, root)
+            shutil.rmtree(target)
         log.info("generating synthetic category '%s' under %s", category, root)
         tmp = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=root))
         try:
             _write_category(tmp, category, seed)
+            (tmp / ".generator").write_text(f"{GENERATOR_VERSION} {seed}")
             os.rename(tmp, target)
         except OSError:
             if not target.is_dir():  # another process may have won the race; that is fine
