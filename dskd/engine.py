@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import OptimConfig, RunConfig
 from .data import AnomalyDataset, load_dataset
-from .data.datasets import IMAGE_EXTS, _fit, read_image
+from .data.datasets import IMAGE_EXTS, fit_to_square, read_image
 from .errors import DskdError
 from .files import atomic_write, write_json, write_text
 from .metrics import all_metrics
@@ -421,7 +421,7 @@ def predict(run_dir: str | Path | RunDir, inputs: list[str | Path], out: str | P
     cmap = colormaps["jet"]
     rows = []
     for path in tqdm(_collect_images(inputs), desc="predict", disable=quiet):
-        img = _fit(read_image(path), cfg.image_size, Image.BILINEAR, cfg.fit_mode)
+        img = fit_to_square(read_image(path), cfg.image_size, Image.BILINEAR, cfg.fit_mode)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
         (_, _, result), = _maps_in_batches(loaded.model, x, loaded.device, 1)
         amap = result.map[0, 0].cpu().numpy()

@@ -71,7 +71,7 @@ def read_mask(path: Path | str) -> np.ndarray:
     return (a.max(axis=2) if a.ndim == 3 else a) > 0
 
 
-def _fit(arr: np.ndarray, size: int, resample: int, mode: str) -> np.ndarray:
+def fit_to_square(arr: np.ndarray, size: int, resample: int, mode: str) -> np.ndarray:
     """Resize to size x size: `stretch` ignores the aspect ratio, `pad` keeps it and pads with zeros."""
     im = Image.fromarray(arr)
     if mode == "stretch" or im.width == im.height:
@@ -118,8 +118,8 @@ class AnomalyDataset(Dataset):
         s = self.samples[i]
         img = read_image(s.path)
         mask = read_mask(s.mask) if s.mask is not None else np.zeros(img.shape[:2], bool)
-        img = _fit(img, self.image_size, Image.BILINEAR, self.fit_mode)
-        mask = _fit(mask.astype(np.uint8) * 255, self.image_size, Image.NEAREST, self.fit_mode) > 127
+        img = fit_to_square(img, self.image_size, Image.BILINEAR, self.fit_mode)
+        mask = fit_to_square(mask.astype(np.uint8) * 255, self.image_size, Image.NEAREST, self.fit_mode) > 127
         return img, mask
 
     def __getitem__(self, i: int) -> dict:
