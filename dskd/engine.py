@@ -132,9 +132,12 @@ class _DecodeBatch:
 
 
 def _optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
+    # One fused kernel per step instead of a loop over tensors: about 8% of a CPU step at 64 px (speed.md).
+    params = list(params)
+    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    return torch.optim.Adam(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **fused)
+    return torch.optim.Adam(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, **fused)
 
 
 def _student_state(model: DSKD) -> dict[str, torch.Tensor]:
@@ -337,7 +340,7 @@ def load_run(run_dir: str | Path | RunDir, device: str = "auto") -> LoadedRun:
     ckpt = torch.load(run.checkpoint, map_location=dev, weights_only=False)
     model = DSKD(cfg.model, pretrained=True).to(dev).eval()
     _load_students(model, ckpt["model"])
-    return LoadedRun(run, model, float(ckpt["image_threshold"]), dev)
+    return LoadedRun(run, model.for_inference(), float(ckpt["image_threshold"]), dev)
 
 
 def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, *, save_maps: bool = False,

@@ -151,3 +151,44 @@ def test_fast_map_pipeline_matches_reference(variant):
     reference = _reference_anomaly_map(model, x)
     torch.testing.assert_close(fast.map, reference, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast.score, reference.flatten(1).amax(1), rtol=1e-4, atol=1e-4)
+
+
+def _randomize_batchnorm(model):
+    """Fitted-looking norm layers, so that folding them is not the identity it would be at initialization."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("variant", dskd.VARIANTS)
+def test_for_inference_keeps_maps_and_refuses_training(backbone, variant):
+    import copy
+
+    from dskd.model import fold_batchnorm
+
+    model = dskd.build_model(backbone, variant, pretrained=False)
+    _randomize_batchnorm(model)
+    model.eval()
+    model.map_norm_stats[:, 1] = 0.5 + torch.rand_like(model.map_norm_stats[:, 1])
+    x = torch.rand(2, 3, 96, 128)
+    with torch.inference_mode():
+        before = model.anomaly_map(x)
+    fast = copy.deepcopy(model).for_inference()
+    with torch.inference_mode():
+        after = fast.anomaly_map(x)
+    plain_norms = [m for m in fast.modules() if type(m) is torch.nn.BatchNorm2d]
+    assert not plain_norms, "every conv -> BatchNorm2d pair of the students (and a ResNet teacher) is folded"
+    assert fast.se is None or fast.se.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after.map, before.map, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after.score, before.score, rtol=1e-4, atol=1e-4)
+    for name in model.students:
+        torch.testing.assert_close(after.per_scale[name], before.per_scale[name], rtol=1e-4, atol=1e-5)
+    assert fold_batchnorm(fast) == 0  # nothing left to fold: folding twice would scale the weights twice
+    with pytest.raises(dskd.DskdError, match="for_inference"):
+        fast.train()

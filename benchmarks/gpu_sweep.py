@@ -1,0 +1,205 @@
+"""The GPU sweeps behind docs/findings.md sections 7 and 8: many MT Defects runs, in parallel worker processes.
+
+    python -m benchmarks.gpu_sweep --data-root DATA --split-file DATA/mt_defects/splits/differnet_train_free.txt \
+        --grid explore|long --workers 6 --out OUT
+
+Each run is the `quick` profile with the grid's image size, epochs, fit mode, configuration and seed, trained
+and evaluated by dskd's own engine in float32 (the engine's bfloat16 autocast is switched off here, so that the
+numbers speak for this CPU's float32 runs). Every finished run appends one JSON line to OUT/sweep.jsonl: the
+default metrics (image AUROC, pixel AUROC, AUPRO), per-defect image AUROC, and the same saved maps re-fused
+without retraining (`analysis`: top-1% score, no normalization, and for dual runs max fusion and each student
+alone). Records: results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore) and mt_long_gpu_h200.jsonl (long).
+The device could only take data under 64 MiB: the images were first downscaled to 256 px on their longer side
+(`--downscale-to` does that into a new folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DUAL_OPTIONS = {"dskd": {}, "dskd_df_teacher": {"df_source": "teacher"}, "dskd_df_detach": {"df_detach": True},
+                "dskd_no_df": {"variant": "dskd_no_df"}, "dskd_se_adam": {"se_optim": "adam"}}
+TRIO = ["dskd", "se_only", "sd_only"]
+
+
+def grid(name: str) -> list[tuple[str, int, int, str, int]]:
+    """(configuration, image size, epochs, fit mode, seed), most informative first."""
+    if name == "smoke":  # a check of the plumbing on any machine
+        return [("dskd", 64, 1, "stretch", 0), ("se_only", 64, 1, "pad", 0)]
+    if name == "long":
+        runs = [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_no_df", "dskd_df_teacher"]]
+        return runs + [(m, 128, 20, "stretch", s) for s in (1, 2) for m in TRIO]
+    # Sizes and epochs at about the same CPU cost (findings section 3), then the arrangements, then convergence.
+    plan = [(TRIO, 128, 3, "stretch"), (TRIO, 64, 6, "stretch"), (TRIO, 96, 4, "stretch"), (TRIO, 128, 3, "pad"),
+            (["dskd_df_teacher", "dskd_df_detach", "dskd_no_df", "dskd_se_adam"], 128, 3, "stretch"),
+            (["dskd_df_teacher", "dskd_df_detach"], 64, 6, "stretch"),
+            ([*TRIO, "dskd_df_teacher", "dskd_df_detach"], 128, 20, "stretch"), (TRIO, 64, 6, "pad"),
+            (TRIO, 96, 4, "pad"), (["dskd_df_teacher", "dskd_df_detach"], 96, 4, "stretch"),
+            (TRIO, 160, 2, "stretch"), (TRIO, 64, 20, "stretch")]
+    return [(m, size, ep, fit, 0) for methods, size, ep, fit in plan for m in methods]
+
+
+def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argparse.Namespace):
+    from dskd.config import RD_ADAM, profile_config
+
+    options = {"variant": "dskd" if method.startswith("dskd") else method, **DUAL_OPTIONS.get(method, {})}
+    if options.get("se_optim") == "adam":
+        options["se_optim"] = RD_ADAM
+    return profile_config("quick", dataset="mt_defects", category="mt_defects", data_root=args.data_root,
+                          split_file=args.split_file, image_size=size, epochs=epochs, fit_mode=fit, seed=seed,
+                          device=args.device, **options)
+
+
+def _refused(maps_file: Path, size: int) -> dict[str, list[float]]:
+    """The run's saved per-scale maps fused in other ways, without retraining."""
+    from dskd.maps import fuse, upsample_scales
+    from dskd.metrics import all_metrics
+
+    z = np.load(maps_file)
+    students = [str(s) for s in z["students"]]
+    norm = {s: torch.from_numpy(z["norm"][i].astype(np.float32)) for i, s in enumerate(students)}
+    per = {s: upsample_scales([torch.from_numpy(z[f"scale{j}_{s}"].astype(np.float32))[:, None] for j in range(3)],
+                              (size, size)) for s in students}
+    variants: dict[str, dict] = {"topk1pct": {"score_topk": size * size // 100}, "nonorm": {"norm": None}}
+    if len(students) == 2:
+        variants.update(max={"student_fusion": "max"}, only_se={"only": "se"}, only_sd={"only": "sd"})
+    out = {}
+    for name, kw in variants.items():
+        kw = dict(kw)
+        only = kw.pop("only", None)
+        fused = fuse({only: per[only]} if only else per, sigma=4.0, norm=kw.pop("norm", norm), **kw)
+        m = all_metrics(z["labels"], fused.score.numpy(), z["masks"], fused.map[:, 0].numpy(), list(z["defect_types"]))
+        out[name] = [round(m[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")]
+    return out
+
+
+def _one(job: tuple, args: argparse.Namespace) -> dict:
+    from dskd import engine
+
+    method, size, epochs, fit, seed = job
+    name = f"{method}_s{size}_e{epochs}_{fit}_seed{seed}"
+    t0 = time.perf_counter()
+    run = engine.fit(_config(*job, args), Path(args.runs) / name, quiet=True)
+    res = engine.evaluate(run, save_maps=True, device=args.device)
+    return {"name": name, "method": method, "size": size, "epochs": epochs, "fit": fit, "seed": seed,
+            "train_minutes": run.info()["train_minutes"], "wall_s": round(time.perf_counter() - t0, 1),
+            "loss_last": (run.path / "train_log.csv").read_text().strip().splitlines()[-1],
+            "default": [round(res[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")],
+            "per_type": {k: round(v, 4) for k, v in res["per_defect_image_auroc"].items()},
+            "analysis": _refused(run.maps_file, size)}
+
+
+def _worker(worker: int, args: argparse.Namespace) -> None:
+    from dskd import engine
+
+    torch.set_num_threads(2)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    engine._autocast = lambda device: contextlib.nullcontext()  # float32, as on the CPU
+    for i, job in enumerate(grid(args.grid)):
+        if i % args.workers != worker:
+            continue
+        try:
+            record = _one(job, args)
+        except Exception as exc:  # one failed run must not end the sweep: record it and go on
+            record = {"job": job, "error": repr(exc), "traceback": traceback.format_exc()[-1500:]}
+        with open(Path(args.out) / "sweep.jsonl", "a") as f:  # one short line per append
+            f.write(json.dumps(record) + "\n")
+
+
+def downscale(src: Path, dst: Path, longest: int = 256) -> None:
+    """A copy of MT Defects with every image at most `longest` px on its longer side (masks by nearest)."""
+    import shutil
+
+    from PIL import Image
+
+    for f in sorted(src.glob("MT_*/Imgs/*")):
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        im = Image.open(f)
+        scale = longest / max(im.size)
+        if scale < 1:
+            size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = im.resize(size, Image.NEAREST if f.suffix == ".png" else Image.BICUBIC)
+        im.save(out, **({"quality": 90} if f.suffix == ".jpg" else {"optimize": True}))
+    shutil.copytree(src / "splits", dst / "splits", dirs_exist_ok=True)
+
+
+def summarize(records: list[Path], out: Path, name: str = "accuracy_mt_gpu_long") -> None:
+    """Mean and std over seeds, per image size and configuration, of the sweep records' default metrics."""
+    import pandas as pd
+
+    from dskd.files import atomic_write, write_text
+    from dskd.suite import markdown
+
+    rows = [json.loads(line) for f in records for line in Path(f).read_text().splitlines() if line.strip()]
+    runs = pd.DataFrame([{"size": r["size"], "epochs": r["epochs"], "fit": r["fit"], "config": r["method"],
+                          "seed": r.get("seed", 0), "image_auroc": r["default"][0], "pixel_auroc": r["default"][1],
+                          "aupro": r["default"][2], "train_minutes": r["train_minutes"],
+                          **{f"image_auroc_{t}": v for t, v in r["per_type"].items()}}
+                         for r in rows if "error" not in r])
+    keys = ["size", "epochs", "fit", "config"]
+    runs = runs.drop_duplicates([*keys, "seed"], keep="last")  # a run repeated in a later file: the later one
+    counts = runs.groupby(keys).seed.nunique()
+    runs = runs.set_index(keys).loc[counts[counts >= 3].index].reset_index()  # seeds 0-2 only: a mean of three
+    metrics = ["image_auroc", "pixel_auroc", "aupro"]
+    table = runs.groupby(keys, sort=False).agg(
+        seeds=("seed", "nunique"), **{f"{m}_{s}": (m, s if s == "mean" else lambda x: x.std(ddof=0))
+                                      for m in metrics for s in ("mean", "std")},
+        **{c: (c, "mean") for c in runs.columns if c.startswith("image_auroc_")},
+        train_minutes=("train_minutes", "sum"))
+    atomic_write(out / f"{name}.csv", lambda tmp: table.round(4).to_csv(tmp))
+    shown = table.reset_index()[[*keys, "seeds"]].copy()
+    for m in metrics:
+        pairs = zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)
+        shown[m] = [f"{100 * a:.1f} ± {100 * b:.1f}" for a, b in pairs]
+    shown["train_minutes"] = table["train_minutes"].round(1).to_numpy()
+    write_text(out / f"{name}.md", "\n".join([
+        f"# {name}", "",
+        "Measured by this suite with `python -m benchmarks.gpu_sweep` on one NVIDIA H200, float32: MT Defects "
+        "(DifferNet's training list; images downscaled beforehand to 256 px on the longer side), `quick` profile "
+        "(offline EfficientNet-Lite0 teacher, batch 8) with the image size and epochs shown, seeds 0, 1, 2. "
+        "Values in percent, mean ± std over seeds; train_minutes summed over seeds (GPU minutes, not this CPU's).",
+        f"Records: {', '.join(Path(f).name for f in records)} (a seed run in two files: the later one).",
+        "", markdown(shown.set_index("config")), ""]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root")
+    p.add_argument("--split-file")
+    p.add_argument("--grid", choices=("explore", "long", "smoke"), default="explore")
+    p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--runs", default="/tmp/dskd_sweep_runs")
+    p.add_argument("--out", default="results/benchmarks/sweep")
+    p.add_argument("--downscale-to", help="write a downscaled copy of DATA-ROOT/mt_defects here and exit")
+    p.add_argument("--summarize", nargs="+", metavar="JSONL", help="tabulate finished sweeps into --out and exit")
+    args = p.parse_args(argv)
+    if args.summarize:
+        summarize([Path(f) for f in args.summarize], Path(args.out))
+        return 0
+    if args.downscale_to:
+        downscale(Path(args.data_root) / "mt_defects", Path(args.downscale_to) / "mt_defects")
+        return 0
+    if not (args.data_root and args.split_file):
+        p.error("--data-root and --split-file are needed to run a sweep")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    procs = [mp.get_context("spawn").Process(target=_worker, args=(w, args)) for w in range(args.workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
