@@ -159,6 +159,8 @@ def fold_batchnorm(module: nn.Module) -> int:
         for conv_name, bn_name in pairs:
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
             if isinstance(conv, convs) and type(bn) is nn.BatchNorm2d and conv.groups == 1:
+                if bn.training:
+                    raise DskdError("fold_batchnorm needs the model in eval mode (running statistics); call .eval()")
                 _fold_into(conv, bn)
                 setattr(parent, bn_name, nn.Identity())
                 folded += 1
