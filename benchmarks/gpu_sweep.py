@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import time
 import traceback
 from pathlib import Path
@@ -101,7 +102,7 @@ def _one(job: tuple, args: argparse.Namespace) -> dict:
 def _worker(worker: int, args: argparse.Namespace) -> None:
     from dskd import engine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))  # oversubscribed threads spin and crawl
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     engine._autocast = lambda device: contextlib.nullcontext()  # float32, as on the CPU
     for i, job in enumerate(grid(args.grid)):
