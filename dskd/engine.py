@@ -132,7 +132,8 @@ class _DecodeBatch:
 
 
 def _optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
-    # One fused kernel per step instead of a loop over tensors: about 8% of a CPU step at 64 px (speed.md).
+    # One fused kernel per step instead of a loop over tensors: it saved about 8% of a 64 px CPU step in one A/B
+    # here; at 256 px the optimizer is under 1% of a step (results/benchmarks/speed.md).
     params = list(params)
     fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
     if opt.name == "sgd":
