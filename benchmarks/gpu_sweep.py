@@ -24,11 +24,12 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from dskd.config import RD_ADAM
+
 DUAL_OPTIONS = {"dskd": {}, "dskd_df_teacher": {"df_source": "teacher"}, "dskd_df_detach": {"df_detach": True},
-                "dskd_no_df": {"variant": "dskd_no_df"}, "dskd_se_adam": {"se_optim": "adam"}}
+                "dskd_no_df": {"variant": "dskd_no_df"}, "dskd_se_adam": {"se_optim": RD_ADAM}}
 TRIO = ["dskd", "se_only", "sd_only"]
 
 
@@ -50,35 +51,27 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
 
 
 def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argparse.Namespace):
-    from dskd.config import RD_ADAM, profile_config
+    from dskd.config import profile_config
 
     options = {"variant": "dskd" if method.startswith("dskd") else method, **DUAL_OPTIONS.get(method, {})}
-    if options.get("se_optim") == "adam":
-        options["se_optim"] = RD_ADAM
     return profile_config("quick", dataset="mt_defects", category="mt_defects", data_root=args.data_root,
                           split_file=args.split_file, image_size=size, epochs=epochs, fit_mode=fit, seed=seed,
                           device=args.device, **options)
 
 
-def _refused(maps_file: Path, size: int) -> dict[str, list[float]]:
+def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
     """The run's saved per-scale maps fused in other ways, without retraining."""
-    from dskd.maps import fuse, upsample_scales
+    from dskd import suite
     from dskd.metrics import all_metrics
 
-    z = np.load(maps_file)
-    students = [str(s) for s in z["students"]]
-    norm = {s: torch.from_numpy(z["norm"][i].astype(np.float32)) for i, s in enumerate(students)}
-    per = {s: upsample_scales([torch.from_numpy(z[f"scale{j}_{s}"].astype(np.float32))[:, None] for j in range(3)],
-                              (size, size)) for s in students}
-    variants: dict[str, dict] = {"topk1pct": {"score_topk": size * size // 100}, "nonorm": {"norm": None}}
-    if len(students) == 2:
-        variants.update(max={"student_fusion": "max"}, only_se={"only": "se"}, only_sd={"only": "sd"})
+    saved = suite.load_maps(run_dir)
+    variants: dict[str, dict] = {"topk1pct": {"score_topk": size * size // 100}, "nonorm": {"normalize": False}}
+    if len(saved["students"]) == 2:
+        variants.update(max={"student_fusion": "max"}, only_se={"students": ["se"]}, only_sd={"students": ["sd"]})
     out = {}
-    for name, kw in variants.items():
-        kw = dict(kw)
-        only = kw.pop("only", None)
-        fused = fuse({only: per[only]} if only else per, sigma=4.0, norm=kw.pop("norm", norm), **kw)
-        m = all_metrics(z["labels"], fused.score.numpy(), z["masks"], fused.map[:, 0].numpy(), list(z["defect_types"]))
+    for name, options in variants.items():
+        maps, scores = suite.refuse(saved, **options)
+        m = all_metrics(saved["labels"], scores, saved["masks"], maps, list(saved["defect_types"]))
         out[name] = [round(m[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")]
     return out
 
@@ -96,7 +89,7 @@ def _one(job: tuple, args: argparse.Namespace) -> dict:
             "loss_last": (run.path / "train_log.csv").read_text().strip().splitlines()[-1],
             "default": [round(res[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")],
             "per_type": {k: round(v, 4) for k, v in res["per_defect_image_auroc"].items()},
-            "analysis": _refused(run.maps_file, size)}
+            "analysis": _refused(run.path, size)}
 
 
 def _worker(worker: int, args: argparse.Namespace) -> None:

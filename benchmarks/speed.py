@@ -75,6 +75,7 @@ class Bench:
             loss = STFPMLoss()
             self.loss_fn = lambda x: loss(*self.model(x))
             self.infer_fn = lambda x: self.model(x).anomaly_map
+            self.infer_model = self.model
             self.optims = [_recipe([p for p in self.model.student_model.parameters()], "se")]
         elif name == "anomalib_reverse_distillation":
             from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
@@ -89,6 +90,7 @@ class Bench:
             loss = ReverseDistillationLoss()
             self.loss_fn = lambda x: loss(*self.model(x))
             self.infer_fn = lambda x: self.model(x).anomaly_map
+            self.infer_model = self.model
             params = [*self.model.decoder.parameters(), *self.model.bottleneck.parameters()]
             self.optims = [_recipe(params, "sd")]
         else:
@@ -105,7 +107,7 @@ class Bench:
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
+        self.infer_model.eval()
         return self.infer_fn(x)
 
     def params(self) -> tuple[int, int]:
@@ -149,8 +151,7 @@ def measure(models: list[str], backbone: str, image_size: int, batch: int, repea
     benches = {m: Bench(m, backbone, image_size) for m in models}
     for b in benches.values():
         b.model.to(device)
-        if getattr(b, "infer_model", b.model) is not b.model:
-            b.infer_model.to(device)
+        b.infer_model.to(device)
     x = torch.rand(batch, 3, image_size, image_size, device=device)
     x16 = torch.rand(16, 3, image_size, image_size, device=device)
     x1 = x[:1]
@@ -254,6 +255,7 @@ def peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> fl
 def cuda_peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) -> float:
     b = Bench(model, backbone, image_size)
     b.model.cuda()
+    b.infer_model.cuda()
     torch.cuda.reset_peak_memory_stats()
     x = torch.rand(batch, 3, image_size, image_size, device="cuda")
     for _ in range(3):

@@ -268,25 +268,28 @@ def load_maps(run: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def refuse(saved: Mapping[str, np.ndarray], scales: Sequence[int], scale_fusion: str = "sum",
-           student_fusion: str = "sum", sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse a run's saved native per-scale maps again with other settings (no network involved)."""
+def refuse(saved: Mapping[str, np.ndarray], scales: Sequence[int] = (0, 1, 2), scale_fusion: str = "sum",
+           student_fusion: str = "sum", sigma: float = 4.0, *, students: Sequence[str] | None = None,
+           score_topk: int = 0, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse a run's saved native per-scale maps again with other settings (no network involved): other scales,
+    fusions or score, a subset of its students, or without the map normalization fitted in training."""
     import torch
 
     from .maps import fuse, upsample_scales
 
     size = saved["maps"].shape[-2:]
-    norm = torch.from_numpy(saved["norm"]).float()
+    saved_students = [str(n) for n in saved["students"]]
+    norm = {n: torch.from_numpy(saved["norm"][i]).float() for i, n in enumerate(saved_students)}
     maps, scores = [], []
     for start in range(0, len(saved["maps"]), 32):
         sl = slice(start, start + 32)
         per_scale = {
-            str(name): upsample_scales([torch.from_numpy(saved[f"scale{j}_{name}"][sl]).float()[:, None]
-                                        for j in range(3)], size)
-            for name in saved["students"]
+            name: upsample_scales([torch.from_numpy(saved[f"scale{j}_{name}"][sl]).float()[:, None]
+                                   for j in range(3)], size)
+            for name in (students or saved_students)
         }
         out = fuse(per_scale, scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=sigma,
-                   scales=list(scales), norm={str(n): norm[i] for i, n in enumerate(saved["students"])})
+                   scales=list(scales), score_topk=score_topk, norm=norm if normalize else None)
         maps.append(out.map[:, 0].numpy())
         scores.append(out.score.numpy())
     return np.concatenate(maps), np.concatenate(scores)
