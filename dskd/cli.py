@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", choices=VARIANTS)
     t.add_argument("--df-source", choices=("auto", "se", "teacher"))
     t.add_argument("--df-detach", action="store_const", const=True, help="Sd's loss does not train Se")
+    t.add_argument("--df-input", choices=("raw", "predicted"),
+                   help="with df_source=se: Se's own features, or its predictions of the teacher's")
     t.add_argument("--image-size", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-file", help="MT Defects: list of MT_Free images to train on")
     t.add_argument("--fit-mode", choices=("stretch", "pad"), help="non-square images: stretch, or pad (no distortion)")
     t.add_argument("--map-norm", choices=("none", "zscore", "mean"))
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    t.add_argument("--no-bn-recalibration", dest="recalibrate_bn", action="store_const", const=False,
+                   help="keep the BatchNorm running statistics of the last epoch as they are")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -78,7 +83,8 @@ def _train(args: argparse.Namespace) -> None:
     cfg = profile_config(
         args.profile, dataset=args.dataset, category=category, data_root=args.data_root,
         backbone=args.backbone, variant=args.variant, df_source=args.df_source, df_detach=args.df_detach,
-        image_size=args.image_size,
+        df_input=args.df_input, image_size=args.image_size, lr_schedule=args.lr_schedule,
+        recalibrate_bn=args.recalibrate_bn,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
         split_file=args.split_file, fit_mode=args.fit_mode, map_norm=args.map_norm,
     )

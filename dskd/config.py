@@ -16,9 +16,11 @@ from .errors import DskdError
 
 VARIANTS = ("dskd", "se_only", "sd_only", "dskd_no_df")
 DF_SOURCES = ("se", "teacher")
+DF_INPUTS = ("raw", "predicted")
 MAP_NORMS = ("none", "zscore", "mean")
 OPTIMIZERS = ("sgd", "adam")
 FIT_MODES = ("stretch", "pad")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -36,6 +38,10 @@ class ModelConfig:
     # With df_source="se": stop Sd's gradient at the DF input, so that Se trains on its own loss only while Sd
     # still decodes from Se's features (False: Sd's loss also trains Se).
     df_detach: bool = False
+    # With df_source="se": what of Se's the DF embedding reads. "raw": its own features (64/128/256 channels);
+    # "predicted": its predictions of the teacher's features (after the 1x1 heads), the features that are matched
+    # to the teacher. With a ResNet18 teacher the heads are identities and the two are the same.
+    df_input: str = "raw"
     loss: str = "pixel_cosine"  # or "flat_cosine" (Reverse Distillation's)
     scale_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     se_weight: float = 1.0
@@ -60,6 +66,7 @@ class ModelConfig:
         _choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
         _choice("student_fusion", self.student_fusion, STUDENT_FUSIONS)
         _choice("map_norm", self.map_norm, MAP_NORMS)
+        _choice("df_input", self.df_input, DF_INPUTS)
         if len(self.scale_weights) != 3:
             raise DskdError(f"scale_weights needs 3 values, got {self.scale_weights!r}")
         source = self.df_source
@@ -79,6 +86,12 @@ class ModelConfig:
     def students(self) -> tuple[str, ...]:
         return {"dskd": ("se", "sd"), "se_only": ("se",), "sd_only": ("sd",), "dskd_no_df": ("se", "sd")}[
             self.variant]
+
+
+# Fields added after runs had been published, with the value those runs implicitly had: left out of a run's
+# fingerprint while at that value, so that earlier runs keep their names.
+FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
+                                                  ("recalibrate_bn",): False}
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,11 @@ class RunConfig:
     batch_size: int = 8
     se_optim: OptimConfig = STFPM_SGD
     sd_optim: OptimConfig = RD_ADAM
+    # "cosine": every learning rate decays to 0 over the run (per step); "constant": the parents' recipes.
+    lr_schedule: str = "constant"
+    # After the last epoch, re-estimate the students' BatchNorm statistics over the training images with the final
+    # weights: the running averages trail weights that moved until the last step, which matters at short budgets.
+    recalibrate_bn: bool = True
     seed: int = 0
     device: str = "auto"
     profile: str = "custom"
@@ -115,6 +133,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         model = self.model.resolved()
         _choice("fit_mode", self.fit_mode, FIT_MODES)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for opt in (self.se_optim, self.sd_optim):
             _choice("optimizer", opt.name, OPTIMIZERS)
             if not opt.lr > 0:
@@ -142,11 +161,19 @@ class RunConfig:
         d = self.to_dict()
         d.pop("device")
         d.pop("profile")
+        for path, default in FIELDS_ADDED_LATER.items():
+            *parents, key = path
+            holder = d
+            for p in parents:
+                holder = holder[p]
+            if holder[key] == default:
+                del holder[key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
         m = self.model
         src = "" if m.variant != "dskd" or m.df_source in ("se", "auto") else f"-df{m.df_source}"
+        src += "-dfpred" if m.df_input == "predicted" and m.df_source == "se" else ""
         src += "-detach" if m.df_detach and m.variant != "sd_only" else ""
         return (f"{self.dataset}-{self.category}-{m.backbone}-{m.variant}{src}-{self.image_size}px-"
                 f"e{self.epochs}-s{self.seed}-{self.fingerprint()}")
@@ -175,8 +202,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Real data on a CPU with the offline teacher, sized so that the 3-seed, 5-configuration MT Defects benchmark
     # trains within an hour on 2 cores. At that budget the students' convergence matters more than resolution:
     # 64 px x 6 epochs beat 96 px x 4 and 128 px x 3 on image and pixel AUROC, at a cost in AUPRO (maps 4x coarser;
-    # docs/findings.md section 7). Pass --image-size 128 or larger where small defects matter.
-    "quick": dict(backbone="efficientnet_lite0", image_size=64, epochs=6, batch_size=8),
+    # docs/findings.md section 7); 8 epochs is what the hour holds at 64 px (section 11). Pass --image-size 128 or
+    # larger where small defects matter.
+    "quick": dict(backbone="efficientnet_lite0", image_size=64, epochs=8, batch_size=8),
     # The paper's teacher; the training recipe is Reverse Distillation's (the DSKD paper's own is not available).
     "paper": dict(backbone="resnet18", image_size=256, epochs=200, batch_size=16, se_optim=RD_ADAM, sd_optim=RD_ADAM),
     # For the test suite only: the smallest run that exercises every code path.

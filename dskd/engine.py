@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -141,6 +142,14 @@ def _optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, **fused)
 
 
+def _set_cosine_lr(optims: dict[str, torch.optim.Optimizer], base_lrs: dict[str, float], progress: float) -> None:
+    """Half a cosine from each base rate to 0 over the run; a function of the step alone, so resuming needs no state."""
+    factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    for name, opt in optims.items():
+        for group in opt.param_groups:
+            group["lr"] = base_lrs[name] * factor
+
+
 def _student_state(model: DSKD) -> dict[str, torch.Tensor]:
     """The trainable part of the model; the frozen teacher is rebuilt from its own weights on load."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
@@ -211,6 +220,7 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
     model = DSKD(cfg.model, pretrained=True).to(device)
     optims = {name: _optimizer(model.student_parameters(name), cfg.se_optim if name == "se" else cfg.sd_optim)
               for name in model.students}
+    base_lrs = {name: cfg.se_optim.lr if name == "se" else cfg.sd_optim.lr for name in optims}
     start_epoch, rows = 1, []
     if resume and run.checkpoint.is_file():
         ckpt = torch.load(run.checkpoint, map_location=device, weights_only=False)
@@ -233,6 +243,8 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
         sums = {name: torch.zeros((), device=device) for name in (*model.students, "total")}
         steps = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=quiet, unit="step")
         for i, idx in enumerate(steps):
+            if cfg.lr_schedule == "cosine":
+                _set_cosine_lr(optims, base_lrs, ((epoch - 1) * len(batches) + i) / (cfg.epochs * len(batches)))
             x = images[idx].to(device, non_blocking=True).float().div_(255.0)
             with _autocast(device):
                 losses = model.loss(x)
@@ -261,6 +273,8 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
                                           "config": cfg.to_dict()})
         _write_log(run.path / "train_log.csv", rows)
 
+    if cfg.recalibrate_bn:
+        recalibrate_batchnorm(model, images, device, bs)
     stats = _fit_map_statistics(model, images, device, bs * 2)
     _save_checkpoint(run.checkpoint, {"epoch": cfg.epochs, "model": _student_state(model), "log": rows,
                                       "optimizers": {}, "config": cfg.to_dict(), **stats})
@@ -268,6 +282,30 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
                 image_threshold=stats["image_threshold"])
     write_json(info_file, info)
     return run
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int) -> None:
+    """Replace the students' BatchNorm running statistics by averages over `images` under the final weights.
+
+    One pass without gradients, every student norm in training mode (as SWA's update_bn), in batches of
+    `batch_size` as in training. Re-estimating Se's norms first and then Sd's gave the same maps, for twice the time.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad]
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    for i in range(0, len(images), batch_size):
+        x = images[i: i + batch_size].to(device).float().div_(255.0)
+        if len(x) > 1:
+            with _autocast(device):
+                model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 def _load_students(model: DSKD, state: dict[str, torch.Tensor]) -> None:

@@ -44,10 +44,9 @@ class DSKD(nn.Module):
         self.embed: nn.Module | None = None
         self.sd = None
         if "sd" in cfg.students:
-            if cfg.variant == "dskd_no_df":
-                self.embed = PlainBridge(STUDENT_CHANNELS)
-            else:
-                self.embed = DFEmbedding(STUDENT_CHANNELS if cfg.df_source == "se" else tc)
+            reads_raw = cfg.df_source == "se" and cfg.df_input == "raw"
+            source_channels = STUDENT_CHANNELS if reads_raw else tc
+            self.embed = PlainBridge(source_channels) if cfg.variant == "dskd_no_df" else DFEmbedding(source_channels)
             self.sd = InvertedStudent(tc)
         # Per student and scale: (location, spread) applied to the maps before fusion; identity until fitted.
         norm = torch.zeros(len(cfg.students), 2, 3)
@@ -92,9 +91,13 @@ class DSKD(nn.Module):
         if self.se is not None:
             se_raw, out["se"] = self.se(x)
         if self.sd is not None:
-            source = teacher if self.config.df_source == "teacher" else se_raw
-            if self.config.df_detach and source is se_raw:
-                source = [f.detach() for f in se_raw]
+            cfg = self.config
+            if cfg.df_source == "teacher":
+                source = teacher
+            else:
+                source = se_raw if cfg.df_input == "raw" else out["se"]
+                if cfg.df_detach:
+                    source = [f.detach() for f in source]
             out["sd"] = self.sd(self.embed(source))
         return teacher, out
 

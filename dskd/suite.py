@@ -41,6 +41,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "dskd_no_df": {"variant": "dskd_no_df"},
     "dskd_df_teacher": {"variant": "dskd", "df_source": "teacher"},
     "dskd_df_detach": {"variant": "dskd", "df_detach": True},
+    "dskd_df_predicted": {"variant": "dskd", "df_input": "predicted"},
 }
 
 

@@ -55,7 +55,8 @@ def test_cli_train_evaluate_predict_end_to_end(data_root, tmp_path):
 
 
 def test_resume_gives_the_same_weights(data_root, tmp_path, monkeypatch):
-    cfg = _cfg(data_root, epochs=2, variant="dskd")
+    # The cosine schedule is the case that could go wrong: its rate must continue where it stopped.
+    cfg = _cfg(data_root, epochs=2, variant="dskd", lr_schedule="cosine")
     whole = fit(cfg, tmp_path / "whole", quiet=True)
 
     import dskd.engine as engine
@@ -158,3 +159,54 @@ def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
 def test_load_run_refuses_unfinished(tmp_path):
     with pytest.raises(dskd.DskdError, match="not a trained run"):
         load_run(tmp_path)
+
+
+def test_cosine_schedule_runs_from_base_rate_to_zero():
+    from dskd.engine import _set_cosine_lr
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    seen = []
+    for progress in (0.0, 0.5, 1.0):
+        _set_cosine_lr({"se": opt}, {"se": 0.4}, progress)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.4, 0.2, 0.0])
+
+
+@pytest.mark.parametrize("variant", ["dskd", "sd_only"])
+def test_bn_recalibration_gives_exact_statistics_of_final_weights(variant):
+    from dskd.engine import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = dskd.build_model(variant=variant, pretrained=False)
+    model.train()
+    for _ in range(2):  # running statistics that trail the weights, as after training
+        model(torch.rand(4, 3, 64, 64))
+    teacher_stats = [b.clone() for b in model.teacher.buffers()]
+    images = (torch.rand(16, 3, 64, 64) * 255).to(torch.uint8)
+    recalibrate_batchnorm(model, images, torch.device("cpu"), batch_size=8)
+    assert not model.training
+    # The first norm of each trained module sees inputs that no other norm shaped: its mean is exact.
+    first = model.se.stem[0][1] if variant == "dskd" else model.embed.down1[0][1]
+    seen = []
+    hook = first.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(images.float() / 255.0)
+    hook.remove()
+    # two equal batches of 8: the cumulative average of batch means is the mean over all 16 images
+    torch.testing.assert_close(first.running_mean, seen[0].mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert first.momentum == 0.1 and first.num_batches_tracked == 2
+    for a, b in zip(teacher_stats, model.teacher.buffers(), strict=True):
+        assert torch.equal(a, b)  # the frozen teacher is never touched
+
+
+def test_fields_added_later_keep_earlier_run_names():
+    from dskd.config import RunConfig
+
+    cfg = profile_config("quick", dataset="mt_defects", category="mt_defects", data_root="../shared/data",
+                         split_file="../shared/data/mt_defects/splits/differnet_train_free.txt", epochs=6)
+    cfg = cfg.validate()
+    old = cfg.with_overrides(recalibrate_bn=False, lr_schedule="constant", df_input="raw")
+    # the name the 3-seed quick benchmark's seed-0 dskd run had before these fields existed (session 2)
+    assert old.fingerprint() == "20e493b2cb24"
+    assert cfg.fingerprint() != old.fingerprint()  # recalibrated runs are other runs
+    assert RunConfig.from_dict(old.to_dict()).fingerprint() == old.fingerprint()

@@ -51,14 +51,31 @@ def test_one_step_lowers_loss_and_keeps_teacher(variant):
         assert torch.equal(v, teacher_before[k]), k
 
 
-def test_students_interact_only_through_se_fed_df():
+@pytest.mark.parametrize("df_input", ["raw", "predicted"])
+def test_students_interact_only_through_se_fed_df(df_input):
     x = torch.rand(2, 3, 64, 64)
     for source, detach, expect_grad in (("se", False, True), ("teacher", False, False), ("se", True, False)):
-        model = dskd.build_model(variant="dskd", pretrained=False, df_source=source, df_detach=detach)
+        model = dskd.build_model(variant="dskd", pretrained=False, df_source=source, df_detach=detach,
+                                 df_input=df_input)
         model.loss(x)["sd"].backward()
         se_grads = [p.grad for p in model.se.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         assert bool(se_grads) == expect_grad, (source, detach)
+        head_grads = [p.grad for p in model.se.heads.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert bool(head_grads) == (expect_grad and df_input == "predicted"), (source, detach)  # heads feed DF
         assert model.loss(x)["sd"].requires_grad  # Sd itself still trains
+
+
+def test_df_input_predicted_is_raw_when_teacher_and_student_widths_match():
+    """With a ResNet18 teacher Se's heads are identities, so both readings of Se are the same network."""
+    torch.manual_seed(0)
+    raw = dskd.build_model(backbone="resnet18", variant="dskd", pretrained=False, df_input="raw").eval()
+    predicted = dskd.build_model(backbone="resnet18", variant="dskd", pretrained=False, df_input="predicted").eval()
+    predicted.load_state_dict(raw.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    for a, b in zip(raw(x)[1]["sd"], predicted(x)[1]["sd"], strict=True):
+        torch.testing.assert_close(a, b)
+    lite = dskd.build_model(variant="dskd", pretrained=False, df_input="predicted")
+    assert lite.embed.down2[0].in_channels == lite.teacher.channels[1] != 128  # reads the 1x1 heads' outputs
 
 
 def test_map_is_zero_for_identical_features_and_peaks_at_perturbation():
