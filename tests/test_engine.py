@@ -202,9 +202,11 @@ def test_bn_recalibration_gives_exact_statistics_of_final_weights(variant):
 def test_fields_added_later_keep_earlier_run_names():
     from dskd.config import RunConfig
 
-    cfg = profile_config("quick", dataset="mt_defects", category="mt_defects", data_root="../shared/data",
-                         split_file="../shared/data/mt_defects/splits/differnet_train_free.txt", epochs=6)
-    cfg = cfg.validate()
+    # the settings of the second session's quick profile, spelled out so that a later profile change cannot move them
+    cfg = RunConfig().with_overrides(
+        dataset="mt_defects", category="mt_defects", data_root="../shared/data", backbone="efficientnet_lite0",
+        split_file="../shared/data/mt_defects/splits/differnet_train_free.txt", image_size=64, epochs=6, batch_size=8,
+    ).validate()
     old = cfg.with_overrides(recalibrate_bn=False, lr_schedule="constant", df_input="raw")
     # the name the 3-seed quick benchmark's seed-0 dskd run had before these fields existed (session 2)
     assert old.fingerprint() == "20e493b2cb24"
