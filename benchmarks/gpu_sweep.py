@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 
 from dskd.config import RD_ADAM
+from dskd.suite import METHODS as SUITE_METHODS
 
-DUAL_OPTIONS = {"dskd": {}, "dskd_df_teacher": {"df_source": "teacher"}, "dskd_df_detach": {"df_detach": True},
-                "dskd_no_df": {"variant": "dskd_no_df"}, "dskd_se_adam": {"se_optim": RD_ADAM}}
+# The suite's configurations, plus one only this sweep tried: Se trained with Reverse Distillation's Adam.
+METHODS = {**SUITE_METHODS, "dskd_se_adam": {"variant": "dskd", "se_optim": RD_ADAM}}
 TRIO = ["dskd", "se_only", "sd_only"]
 
 
@@ -53,10 +54,9 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
 def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argparse.Namespace):
     from dskd.config import profile_config
 
-    options = {"variant": "dskd" if method.startswith("dskd") else method, **DUAL_OPTIONS.get(method, {})}
     return profile_config("quick", dataset="mt_defects", category="mt_defects", data_root=args.data_root,
                           split_file=args.split_file, image_size=size, epochs=epochs, fit_mode=fit, seed=seed,
-                          device=args.device, **options)
+                          device=args.device, **METHODS[method])
 
 
 def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:

@@ -142,12 +142,13 @@ def _optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, **fused)
 
 
-def _set_cosine_lr(optims: dict[str, torch.optim.Optimizer], base_lrs: dict[str, float], progress: float) -> None:
-    """Half a cosine from each base rate to 0 over the run; a function of the step alone, so resuming needs no state."""
+def _set_cosine_lr(optims: dict[str, torch.optim.Optimizer], recipes: dict[str, OptimConfig], progress: float) -> None:
+    """Half a cosine from each recipe's rate to 0 over the run; a function of the step alone, so resuming needs no
+    state."""
     factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     for name, opt in optims.items():
         for group in opt.param_groups:
-            group["lr"] = base_lrs[name] * factor
+            group["lr"] = recipes[name].lr * factor
 
 
 def _student_state(model: DSKD) -> dict[str, torch.Tensor]:
@@ -218,9 +219,8 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
 
     torch.manual_seed(cfg.seed)
     model = DSKD(cfg.model, pretrained=True).to(device)
-    optims = {name: _optimizer(model.student_parameters(name), cfg.se_optim if name == "se" else cfg.sd_optim)
-              for name in model.students}
-    base_lrs = {name: cfg.se_optim.lr if name == "se" else cfg.sd_optim.lr for name in optims}
+    recipes = {name: cfg.se_optim if name == "se" else cfg.sd_optim for name in model.students}
+    optims = {name: _optimizer(model.student_parameters(name), recipe) for name, recipe in recipes.items()}
     start_epoch, rows = 1, []
     if resume and run.checkpoint.is_file():
         ckpt = torch.load(run.checkpoint, map_location=device, weights_only=False)
@@ -244,7 +244,7 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
         steps = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=quiet, unit="step")
         for i, idx in enumerate(steps):
             if cfg.lr_schedule == "cosine":
-                _set_cosine_lr(optims, base_lrs, ((epoch - 1) * len(batches) + i) / (cfg.epochs * len(batches)))
+                _set_cosine_lr(optims, recipes, ((epoch - 1) * len(batches) + i) / (cfg.epochs * len(batches)))
             x = images[idx].to(device, non_blocking=True).float().div_(255.0)
             with _autocast(device):
                 losses = model.loss(x)

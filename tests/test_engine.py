@@ -162,12 +162,13 @@ def test_load_run_refuses_unfinished(tmp_path):
 
 
 def test_cosine_schedule_runs_from_base_rate_to_zero():
+    from dskd.config import STFPM_SGD
     from dskd.engine import _set_cosine_lr
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
     seen = []
     for progress in (0.0, 0.5, 1.0):
-        _set_cosine_lr({"se": opt}, {"se": 0.4}, progress)
+        _set_cosine_lr({"se": opt}, {"se": STFPM_SGD}, progress)
         seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.4, 0.2, 0.0])
 
