@@ -1,16 +1,18 @@
-"""The GPU sweeps behind docs/findings.md sections 7 and 8: many MT Defects runs, in parallel worker processes.
+"""The GPU sweeps behind docs/findings.md sections 7, 8 and 12: many MT Defects runs, in parallel worker processes.
 
     python -m benchmarks.gpu_sweep --data-root DATA --split-file DATA/mt_defects/splits/differnet_train_free.txt \
-        --grid explore|long --workers 6 --out OUT
+        --grid explore|long|both --workers 6 --out OUT
 
 Each run is the `quick` profile with the grid's image size, epochs, fit mode, configuration and seed, trained
 and evaluated by dskd's own engine in float32 (the engine's bfloat16 autocast is switched off here, so that the
 numbers speak for this CPU's float32 runs). Every finished run appends one JSON line to OUT/sweep.jsonl: the
 default metrics (image AUROC, pixel AUROC, AUPRO), per-defect image AUROC, and the same saved maps re-fused
 without retraining (`analysis`: top-1% score, no normalization, and for dual runs max fusion and each student
-alone). Records: results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore) and mt_long_gpu_h200.jsonl (long).
+alone). Records: results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long) and
+mt_both_gpu_h200.jsonl (both); `--summarize` tabulates them (accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md).
 The device could only take data under 64 MiB: the images were first downscaled to 256 px on their longer side
-(`--downscale-to` does that into a new folder).
+(`--downscale-to` does that into a new folder); the teacher's weights package, absent there, travelled beside them
+(its installed folder copied to a directory put on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import torch
 from dskd.config import RD_ADAM
 from dskd.suite import METHODS as SUITE_METHODS
 
-# The suite's configurations, plus one only this sweep tried: Se trained with Reverse Distillation's Adam.
-METHODS = {**SUITE_METHODS, "dskd_se_adam": {"variant": "dskd", "se_optim": RD_ADAM}}
+# The suite's configurations, plus two only these sweeps tried: Se trained with Reverse Distillation's Adam, and
+# the DF embedding reading teacher and Se with Sd's gradient stopped at Se.
+METHODS = {**SUITE_METHODS, "dskd_se_adam": {"variant": "dskd", "se_optim": RD_ADAM},
+           "dskd_df_both_detach": {"variant": "dskd", "df_source": "both", "df_detach": True}}
 TRIO = ["dskd", "se_only", "sd_only"]
 
 
@@ -38,6 +42,11 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
     """(configuration, image size, epochs, fit mode, seed), most informative first."""
     if name == "smoke":  # a check of the plumbing on any machine
         return [("dskd", 64, 1, "stretch", 0), ("se_only", 64, 1, "pad", 0)]
+    if name == "both":  # fourth session: df_source="both" at the quick profile's 8 epochs, then converged
+        quick = ["dskd_df_both", "dskd_df_both_detach", *TRIO, "dskd_df_teacher"]
+        runs = [(m, 64, 8, "stretch", s) for s in (0, 1, 2) for m in quick]
+        runs += [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in ("dskd_df_both", "dskd_df_both_detach")]
+        return runs + [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_df_teacher"]]
     if name == "long":
         runs = [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_no_df", "dskd_df_teacher"]]
         return runs + [(m, 128, 20, "stretch", s) for s in (1, 2) for m in TRIO]
@@ -127,7 +136,7 @@ def downscale(src: Path, dst: Path, longest: int = 256) -> None:
     shutil.copytree(src / "splits", dst / "splits", dirs_exist_ok=True)
 
 
-def summarize(records: list[Path], out: Path, name: str = "accuracy_mt_gpu_long") -> None:
+def summarize(records: list[Path], out: Path, name: str = "accuracy_mt_gpu_long", note: str = "") -> None:
     """Mean and std over seeds, per image size and configuration, of the sweep records' default metrics."""
     import pandas as pd
 
@@ -163,23 +172,25 @@ def summarize(records: list[Path], out: Path, name: str = "accuracy_mt_gpu_long"
         "(offline EfficientNet-Lite0 teacher, batch 8) with the image size and epochs shown, seeds 0, 1, 2. "
         "Values in percent, mean ± std over seeds; train_minutes summed over seeds (GPU minutes, not this CPU's).",
         f"Records: {', '.join(Path(f).name for f in records)} (a seed run in two files: the later one).",
-        "", markdown(shown.set_index("config")), ""]))
+        *([note] if note else []), "", markdown(shown.set_index("config")), ""]))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root")
     p.add_argument("--split-file")
-    p.add_argument("--grid", choices=("explore", "long", "smoke"), default="explore")
+    p.add_argument("--grid", choices=("explore", "long", "both", "smoke"), default="explore")
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--device", default="cuda")
     p.add_argument("--runs", default="/tmp/dskd_sweep_runs")
     p.add_argument("--out", default="results/benchmarks/sweep")
     p.add_argument("--downscale-to", help="write a downscaled copy of DATA-ROOT/mt_defects here and exit")
     p.add_argument("--summarize", nargs="+", metavar="JSONL", help="tabulate finished sweeps into --out and exit")
+    p.add_argument("--name", default="accuracy_mt_gpu_long", help="with --summarize: the table's file name")
+    p.add_argument("--note", default="", help="with --summarize: a line for the table's header")
     args = p.parse_args(argv)
     if args.summarize:
-        summarize([Path(f) for f in args.summarize], Path(args.out))
+        summarize([Path(f) for f in args.summarize], Path(args.out), args.name, args.note)
         return 0
     if args.downscale_to:
         downscale(Path(args.data_root) / "mt_defects", Path(args.downscale_to) / "mt_defects")

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from .config import PROFILES, VARIANTS, profile_config
+from .config import DF_SOURCES, PROFILES, VARIANTS, profile_config
 from .data import DATASETS, OFFICIAL_CATEGORIES
 from .errors import DskdError
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root")
     t.add_argument("--backbone", choices=list_backbones())
     t.add_argument("--variant", choices=VARIANTS)
-    t.add_argument("--df-source", choices=("auto", "se", "teacher"))
+    t.add_argument("--df-source", choices=("auto", *DF_SOURCES))
     t.add_argument("--df-detach", action="store_const", const=True, help="Sd's loss does not train Se")
     t.add_argument("--df-input", choices=("raw", "predicted"),
                    help="with df_source=se: Se's own features, or its predictions of the teacher's")

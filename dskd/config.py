@@ -15,7 +15,7 @@ from typing import Any
 from .errors import DskdError
 
 VARIANTS = ("dskd", "se_only", "sd_only", "dskd_no_df")
-DF_SOURCES = ("se", "teacher")
+DF_SOURCES = ("se", "teacher", "both")
 DF_INPUTS = ("raw", "predicted")
 MAP_NORMS = ("none", "zscore", "mean")
 OPTIMIZERS = ("sgd", "adam")
@@ -33,14 +33,15 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     variant: str = "dskd"
     # Which pyramid feeds the DF embedding: "se" lets the students interact (DSKD), "teacher" is Reverse
-    # Distillation's arrangement. "auto" resolves to "teacher" for sd_only and "se" otherwise.
+    # Distillation's arrangement, "both" concatenates the two per scale (Sd reads the teacher's knowledge and what
+    # Se made of the image; Sd's loss still trains Se). "auto" resolves to "teacher" for sd_only and "se" otherwise.
     df_source: str = "auto"
-    # With df_source="se": stop Sd's gradient at the DF input, so that Se trains on its own loss only while Sd
-    # still decodes from Se's features (False: Sd's loss also trains Se).
+    # With df_source="se" or "both": stop Sd's gradient at the DF input, so that Se trains on its own loss only
+    # while Sd still decodes from Se's features (False: Sd's loss also trains Se).
     df_detach: bool = False
-    # With df_source="se": what of Se's the DF embedding reads. "raw": its own features (64/128/256 channels);
-    # "predicted": its predictions of the teacher's features (after the 1x1 heads), the features that are matched
-    # to the teacher. With a ResNet18 teacher the heads are identities and the two are the same.
+    # With df_source="se" or "both": what of Se's the DF embedding reads. "raw": its own features (64/128/256
+    # channels); "predicted": its predictions of the teacher's features (after the 1x1 heads), the features that
+    # are matched to the teacher. With a ResNet18 teacher the heads are identities and the two are the same.
     df_input: str = "raw"
     loss: str = "pixel_cosine"  # or "flat_cosine" (Reverse Distillation's)
     scale_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -71,12 +72,13 @@ class ModelConfig:
             raise DskdError(f"scale_weights needs 3 values, got {self.scale_weights!r}")
         source = self.df_source
         if source == "none" and self.variant != "se_only":
-            raise DskdError(f"variant '{self.variant}' needs df_source 'auto', 'se' or 'teacher', not 'none'")
+            raise DskdError(f"variant '{self.variant}' needs df_source 'auto' or one of {', '.join(DF_SOURCES)}, "
+                            "not 'none'")
         if source == "auto":
             source = "teacher" if self.variant == "sd_only" else "se"
         if self.variant == "sd_only" and source != "teacher":
             raise DskdError("variant 'sd_only' has no forward student, so its DF embedding needs df_source='teacher'")
-        if self.variant in ("se_only", "dskd_no_df") and self.df_source == "teacher":
+        if self.variant in ("se_only", "dskd_no_df") and self.df_source in ("teacher", "both"):
             raise DskdError(f"variant '{self.variant}' has no DF embedding to feed; leave df_source at 'auto'")
         if self.variant == "se_only":
             source = "none"
@@ -173,7 +175,7 @@ class RunConfig:
     def run_name(self) -> str:
         m = self.model
         src = "" if m.variant != "dskd" or m.df_source in ("se", "auto") else f"-df{m.df_source}"
-        src += "-dfpred" if m.df_input == "predicted" and m.df_source == "se" else ""
+        src += "-dfpred" if m.df_input == "predicted" and m.df_source in ("se", "both") else ""
         src += "-detach" if m.df_detach and m.variant != "sd_only" else ""
         return (f"{self.dataset}-{self.category}-{m.backbone}-{m.variant}{src}-{self.image_size}px-"
                 f"e{self.epochs}-s{self.seed}-{self.fingerprint()}")

@@ -44,8 +44,9 @@ class DSKD(nn.Module):
         self.embed: nn.Module | None = None
         self.sd = None
         if "sd" in cfg.students:
-            reads_raw = cfg.df_source == "se" and cfg.df_input == "raw"
-            source_channels = STUDENT_CHANNELS if reads_raw else tc
+            se_channels = STUDENT_CHANNELS if cfg.df_input == "raw" else tc
+            source_channels = {"se": se_channels, "teacher": tc,
+                               "both": tuple(t + s for t, s in zip(tc, se_channels, strict=True))}[cfg.df_source]
             self.embed = PlainBridge(source_channels) if cfg.variant == "dskd_no_df" else DFEmbedding(source_channels)
             self.sd = InvertedStudent(tc)
         # Per student and scale: (location, spread) applied to the maps before fusion; identity until fitted.
@@ -92,12 +93,12 @@ class DSKD(nn.Module):
             se_raw, out["se"] = self.se(x)
         if self.sd is not None:
             cfg = self.config
-            if cfg.df_source == "teacher":
-                source = teacher
-            else:
-                source = se_raw if cfg.df_input == "raw" else out["se"]
+            source = teacher
+            if cfg.df_source != "teacher":
+                seen = se_raw if cfg.df_input == "raw" else out["se"]
                 if cfg.df_detach:
-                    source = [f.detach() for f in source]
+                    seen = [f.detach() for f in seen]
+                source = seen if cfg.df_source == "se" else [torch.cat(p, 1) for p in zip(teacher, seen, strict=True)]
             out["sd"] = self.sd(self.embed(source))
         return teacher, out
 

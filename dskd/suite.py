@@ -40,6 +40,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "sd_only": {"variant": "sd_only"},
     "dskd_no_df": {"variant": "dskd_no_df"},
     "dskd_df_teacher": {"variant": "dskd", "df_source": "teacher"},
+    "dskd_df_both": {"variant": "dskd", "df_source": "both"},
     "dskd_df_detach": {"variant": "dskd", "df_detach": True},
     "dskd_df_predicted": {"variant": "dskd", "df_input": "predicted"},
 }

@@ -54,7 +54,8 @@ def test_one_step_lowers_loss_and_keeps_teacher(variant):
 @pytest.mark.parametrize("df_input", ["raw", "predicted"])
 def test_students_interact_only_through_se_fed_df(df_input):
     x = torch.rand(2, 3, 64, 64)
-    for source, detach, expect_grad in (("se", False, True), ("teacher", False, False), ("se", True, False)):
+    for source, detach, expect_grad in (("se", False, True), ("teacher", False, False), ("se", True, False),
+                                        ("both", False, True), ("both", True, False)):
         model = dskd.build_model(variant="dskd", pretrained=False, df_source=source, df_detach=detach,
                                  df_input=df_input)
         model.loss(x)["sd"].backward()
@@ -63,6 +64,20 @@ def test_students_interact_only_through_se_fed_df(df_input):
         head_grads = [p.grad for p in model.se.heads.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         assert bool(head_grads) == (expect_grad and df_input == "predicted"), (source, detach)  # heads feed DF
         assert model.loss(x)["sd"].requires_grad  # Sd itself still trains
+
+
+def test_df_source_both_feeds_teacher_and_se_features_per_scale():
+    torch.manual_seed(0)
+    model = dskd.build_model(variant="dskd", pretrained=False, df_source="both").eval()
+    x = torch.rand(2, 3, 64, 64)
+    seen = {}
+    model.embed.register_forward_pre_hook(lambda module, args: seen.update(feats=args[0]))
+    with torch.no_grad():
+        model(x)
+        teacher = model.teacher(model.teacher.normalize(x))
+        se_raw, _ = model.se(model.teacher.normalize(x))
+    for got, t, s in zip(seen["feats"], teacher, se_raw, strict=True):
+        assert torch.equal(got, torch.cat([t, s], 1))
 
 
 def test_df_input_predicted_is_raw_when_teacher_and_student_widths_match():
