@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root")
     t.add_argument("--backbone", choices=list_backbones())
     t.add_argument("--variant", choices=VARIANTS)
-    t.add_argument("--df-source", choices=("auto", *DF_SOURCES))
+    t.add_argument("--df-source", choices=("auto", *DF_SOURCES),
+                   help="what feeds the DF embedding: Se's pyramid, the teacher's, or both concatenated")
     t.add_argument("--df-detach", action="store_const", const=True, help="Sd's loss does not train Se")
     t.add_argument("--df-input", choices=("raw", "predicted"),
-                   help="with df_source=se: Se's own features, or its predictions of the teacher's")
+                   help="with df_source se or both: Se's own features, or its predictions of the teacher's")
     t.add_argument("--image-size", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
