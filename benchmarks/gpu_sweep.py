@@ -1,7 +1,7 @@
 """The GPU sweeps behind docs/findings.md sections 7, 8 and 12: many MT Defects runs, in parallel worker processes.
 
     python -m benchmarks.gpu_sweep --data-root DATA --split-file DATA/mt_defects/splits/differnet_train_free.txt \
-        --grid explore|long|both --workers 6 --out OUT
+        --grid explore|long|both|longer --workers 6 --out OUT
 
 Each run is the `quick` profile with the grid's image size, epochs, fit mode, configuration and seed, trained
 and evaluated by dskd's own engine in float32 (the engine's bfloat16 autocast is switched off here, so that the
@@ -47,6 +47,8 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
         runs = [(m, 64, 8, "stretch", s) for s in (0, 1, 2) for m in quick]
         runs += [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in ("dskd_df_both", "dskd_df_both_detach")]
         return runs + [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_df_teacher"]]
+    if name == "longer":  # fourth session: do the students' roles settle further out?
+        return [(m, 64, 30, "stretch", s) for s in (0, 1, 2) for m in TRIO]
     if name == "long":
         runs = [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_no_df", "dskd_df_teacher"]]
         return runs + [(m, 128, 20, "stretch", s) for s in (1, 2) for m in TRIO]
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root")
     p.add_argument("--split-file")
-    p.add_argument("--grid", choices=("explore", "long", "both", "smoke"), default="explore")
+    p.add_argument("--grid", choices=("explore", "long", "both", "longer", "smoke"), default="explore")
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--device", default="cuda")
     p.add_argument("--runs", default="/tmp/dskd_sweep_runs")
