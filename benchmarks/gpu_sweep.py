@@ -8,8 +8,9 @@ and evaluated by dskd's own engine in float32 (the engine's bfloat16 autocast is
 numbers speak for this CPU's float32 runs). Every finished run appends one JSON line to OUT/sweep.jsonl: the
 default metrics (image AUROC, pixel AUROC, AUPRO), per-defect image AUROC, and the same saved maps re-fused
 without retraining (`analysis`: top-1% score, no normalization, and for dual runs max fusion and each student
-alone). Records: results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long) and
-mt_both_gpu_h200.jsonl (both); `--summarize` tabulates them (accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md).
+alone). Records: results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long),
+mt_both_gpu_h200.jsonl (both) and mt_longer_gpu_h200.jsonl (longer); `--summarize` tabulates those with three
+seeds per configuration (accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md).
 The device could only take data under 64 MiB: the images were first downscaled to 256 px on their longer side
 (`--downscale-to` does that into a new folder); the teacher's weights package, absent there, travelled beside them
 (its installed folder copied to a directory put on PYTHONPATH).
