@@ -83,7 +83,8 @@ def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
     out = {}
     for name, options in variants.items():
         maps, scores = suite.refuse(saved, **options)
-        m = all_metrics(saved["labels"], scores, saved["masks"], maps, list(saved["defect_types"]))
+        m = all_metrics(saved["labels"], scores, saved["masks"], maps, list(saved["defect_types"]),
+                        valid=saved.get("valid"))
         out[name] = [round(m[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")]
     return out
 

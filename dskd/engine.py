@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import __version__
 from .config import OptimConfig, RunConfig
 from .data import AnomalyDataset, load_dataset
-from .data.datasets import IMAGE_EXTS, fit_to_square, read_image
+from .data.datasets import IMAGE_EXTS, content_box, fit_to_square, read_image
 from .errors import DskdError
 from .files import atomic_write, write_json, write_text
 from .metrics import all_metrics
@@ -275,7 +276,7 @@ def _fit_locked(cfg: RunConfig, run: RunDir, resume: bool, quiet: bool) -> RunDi
 
     if cfg.recalibrate_bn:
         recalibrate_batchnorm(model, images, device, bs)
-    stats = _fit_map_statistics(model, images, device, bs * 2)
+    stats = _fit_map_statistics(model, images, device, bs * 2, _valid(train_set))
     _save_checkpoint(run.checkpoint, {"epoch": cfg.epochs, "model": _student_state(model), "log": rows,
                                       "optimizers": {}, "config": cfg.to_dict(), **stats})
     info.update(completed=True, train_minutes=round(sum(r["seconds"] for r in rows) / 60, 3),
@@ -316,34 +317,47 @@ def _load_students(model: DSKD, state: dict[str, torch.Tensor]) -> None:
 
 @torch.inference_mode()
 def _maps_in_batches(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int,
-                     desc: str = "maps", quiet: bool = True):
-    """Yield (slice, native per-scale maps, AnomalyOutput) over a uint8 image tensor."""
+                     desc: str = "maps", quiet: bool = True, valid: torch.Tensor | None = None):
+    """Yield (slice, native per-scale maps, AnomalyOutput) over a uint8 image tensor; `valid` (N x H x W
+    bool, None: no padding) keeps padding out of the scores."""
     model.eval()
     for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=quiet):
-        x = images[i: i + batch_size].to(device).float().div_(255.0)
+        sl = slice(i, min(i + batch_size, len(images)))
+        x = images[sl].to(device).float().div_(255.0)
         with _autocast(device):
             native = model.native_maps(x)
         native = {k: [m.float() for m in v] for k, v in native.items()}
-        yield slice(i, i + len(x)), native, model.fuse(native, x.shape[-2:])
+        yield sl, native, model.fuse(native, x.shape[-2:], valid=None if valid is None else valid[sl])
 
 
-def _fit_map_statistics(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int) -> dict:
+def _valid(dataset: AnomalyDataset) -> torch.Tensor | None:
+    valid = dataset.valid_masks()
+    return None if valid is None else torch.from_numpy(valid)
+
+
+def _fit_map_statistics(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int,
+                        valid: torch.Tensor | None = None) -> dict:
     """Per-student per-scale map statistics and the image-score threshold, from the training images only.
 
     One pass through the network: the native per-scale maps are kept (small) and re-fused after the
-    normalization has been set, so the threshold sees the same maps that evaluation will.
+    normalization has been set, so the threshold sees the same maps that evaluation will. Each map cell
+    weighs by the fraction of it that shows the image (`valid`), so padding does not enter the statistics.
     """
     k = len(model.students)
-    sums, sqs = torch.zeros(k, 3, dtype=torch.float64), torch.zeros(k, 3, dtype=torch.float64)
+    sums, sqs, weights = (torch.zeros(k, 3, dtype=torch.float64) for _ in range(3))
     kept = []
-    for _, native, _ in _maps_in_batches(model, images, device, batch_size):
-        kept.append(native)
+    for sl, native, _ in _maps_in_batches(model, images, device, batch_size):
+        kept.append((sl, native))
+        shown = None if valid is None else valid[sl, None].to(device, torch.float64)
         for i, name in enumerate(model.students):
             for j, m in enumerate(native[name]):
-                sums[i, j] += m.double().mean(dim=(1, 2, 3)).sum().cpu()
-                sqs[i, j] += (m.double() ** 2).mean(dim=(1, 2, 3)).sum().cpu()
-    mean = sums / len(images)
-    std = (sqs / len(images) - mean**2).clamp_min(1e-12).sqrt()
+                m = m.double()
+                w = torch.ones_like(m) if shown is None else F.interpolate(shown, size=m.shape[-2:], mode="area")
+                sums[i, j] += (w * m).sum().cpu()
+                sqs[i, j] += (w * m**2).sum().cpu()
+                weights[i, j] += w.sum().cpu()
+    mean = sums / weights
+    std = (sqs / weights - mean**2).clamp_min(1e-12).sqrt()
     norm = torch.zeros(k, 2, 3)
     norm[:, 1] = 1.0
     if model.config.map_norm == "zscore":
@@ -352,7 +366,8 @@ def _fit_map_statistics(model: DSKD, images: torch.Tensor, device: torch.device,
         norm[:, 1] = mean.float()
     model.map_norm_stats.copy_(norm.to(model.map_norm_stats.device))
     with torch.inference_mode():
-        scores = torch.cat([model.fuse(native, images.shape[-2:]).score.float().cpu() for native in kept])
+        scores = torch.cat([model.fuse(native, images.shape[-2:], valid=None if valid is None else valid[sl])
+                            .score.float().cpu() for sl, native in kept])
     threshold = float(scores.mean() + THRESHOLD_SIGMAS * scores.std()) if len(scores) > 1 else float(scores.max())
     return {"map_stats": {"mean": mean.tolist(), "std": std.tolist()}, "train_scores": scores.tolist(),
             "image_threshold": threshold}
@@ -390,12 +405,14 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     cfg, model = loaded.run.config, loaded.model
     test_set = _datasets(cfg, "test", data_root)
     images, masks = preload(test_set, desc="loading test images", quiet=quiet)
+    valid = _valid(test_set)
     n, s = len(test_set), cfg.image_size
     maps = np.empty((n, s, s), np.float32)
     scores = np.empty(n, np.float32)
     per_student = {name: np.empty((n, s, s), np.float16) for name in model.students} if save_maps else {}
     native: dict[str, list[np.ndarray]] = {name: [] for name in model.students}
-    for sl, nat, out in _maps_in_batches(model, images, loaded.device, cfg.batch_size * 2, "evaluate", quiet):
+    for sl, nat, out in _maps_in_batches(model, images, loaded.device, cfg.batch_size * 2, "evaluate", quiet,
+                                         valid):
         maps[sl] = out.map[:, 0].cpu().numpy()
         scores[sl] = out.score.cpu().numpy()
         if save_maps:
@@ -403,7 +420,8 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
                 per_student[name][sl] = out.per_student[name][:, 0].cpu().numpy()
                 native[name].append([m[:, 0].cpu().numpy() for m in nat[name]])
     labels, masks_np = test_set.labels, masks.numpy()
-    metrics = all_metrics(labels, scores, masks_np, maps, test_set.defect_types)
+    valid_np = None if valid is None else valid.numpy()
+    metrics = all_metrics(labels, scores, masks_np, maps, test_set.defect_types, valid=valid_np)
     result: dict[str, Any] = {
         **metrics, "n_test": n, "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
         "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
@@ -418,6 +436,7 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             "paths": np.array([str(p.path) for p in test_set.samples]),
             "defect_types": np.array(test_set.defect_types), "threshold": np.float32(loaded.image_threshold),
             "norm": model.map_norm_stats.cpu().numpy(),
+            **({} if valid_np is None else {"valid": valid_np}),
         }
         for name in model.students:
             arrays[f"student_{name}"] = per_student[name]
@@ -463,9 +482,13 @@ def predict(run_dir: str | Path | RunDir, inputs: list[str | Path], out: str | P
     cmap = colormaps["jet"]
     rows = []
     for path in tqdm(_collect_images(inputs), desc="predict", disable=quiet):
-        img = fit_to_square(read_image(path), cfg.image_size, Image.BILINEAR, cfg.fit_mode)
+        original = read_image(path)
+        img = fit_to_square(original, cfg.image_size, Image.BILINEAR, cfg.fit_mode)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
-        (_, _, result), = _maps_in_batches(loaded.model, x, loaded.device, 1)
+        top, left, h, w = content_box(original.shape[1], original.shape[0], cfg.image_size, cfg.fit_mode)
+        valid = torch.zeros(1, cfg.image_size, cfg.image_size, dtype=torch.bool)
+        valid[:, top: top + h, left: left + w] = True
+        (_, _, result), = _maps_in_batches(loaded.model, x, loaded.device, 1, valid=valid)
         amap = result.map[0, 0].cpu().numpy()
         score = float(result.score[0])
         heat = cmap(np.clip(amap / (2 * loaded.image_threshold + 1e-12), 0, 1))[..., :3]

@@ -95,12 +95,13 @@ def image_score(amap: torch.Tensor, topk: int = 0) -> torch.Tensor:
 
 def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", student_fusion: str = "sum",
          sigma: float = 4.0, scales: Sequence[int] | None = None, score_topk: int = 0,
-         norm: Mapping[str, torch.Tensor] | None = None) -> AnomalyOutput:
+         norm: Mapping[str, torch.Tensor] | None = None, valid: torch.Tensor | None = None) -> AnomalyOutput:
     """Per-student per-scale maps -> AnomalyOutput.
 
     `norm` maps a student to a 2 x S tensor (location, scale) fitted on training images: each scale's map
     becomes (m - loc) / scale before fusion, so that scales and students with different ranges weigh alike
-    (m / scale under product fusion, whose factors must stay non-negative).
+    (m / scale under product fusion, whose factors must stay non-negative). `valid` (B x H x W bool, True where
+    the input shows the image) keeps padding out of the image score.
     """
     fused = []
     for name, maps in per_scale.items():
@@ -112,9 +113,10 @@ def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", st
         fused.append(fuse_scales(maps, scale_fusion, scales))
     smoothed = gaussian_blur(torch.cat(fused, dim=1), sigma)
     amap = fuse_students(smoothed, student_fusion)
+    scored = amap if valid is None else amap.masked_fill(~valid.to(amap.device)[:, None], float("-inf"))
     return AnomalyOutput(
         map=amap,
-        score=image_score(amap, score_topk),
+        score=image_score(scored, score_topk),
         per_student={name: smoothed[:, i: i + 1] for i, name in enumerate(per_scale)},
         per_scale=dict(per_scale),
     )

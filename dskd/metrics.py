@@ -39,8 +39,20 @@ def image_auroc(labels, scores) -> float:
     return _auroc(scores[labels], scores[~labels])
 
 
-def pixel_auroc(masks, maps) -> float:
+def _within(masks, maps, valid) -> tuple[np.ndarray, np.ndarray]:
+    """Flat masks and maps, restricted to the `valid` pixels (None: all of them)."""
     masks, maps = _as_arrays(masks, maps)
+    if valid is None:
+        return masks, maps
+    valid = np.asarray(valid, dtype=bool).ravel()
+    if valid.shape != masks.shape:
+        raise ValueError(f"valid ({valid.size}) and maps ({maps.size}) differ in size")
+    return masks[valid], maps[valid]
+
+
+def pixel_auroc(masks, maps, valid=None) -> float:
+    """Over the `valid` pixels only, where given (padding is not part of the image)."""
+    masks, maps = _within(masks, maps, valid)
     return _auroc(maps[masks], maps[~masks])
 
 
@@ -83,13 +95,14 @@ def _regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return w, n_regions
 
 
-def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20):
+def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20, valid=None):
     """Yield the exact PRO curve as consecutive (fpr, pro, threshold) arrays, thresholds decreasing.
 
     Only defect-free pixels move the FPR, so the curve's corners sit at their distinct scores u: there it
     steps from (FPR(> u), PRO(> u)) to (FPR(>= u), PRO(>= u)); the PRO side comes from a prefix sum over the
     sorted defect pixels. Pixels below the score where the FPR reaches `fpr_limit` are never sorted, and
-    the corners are produced a chunk at a time, so memory stays near twice the maps'.
+    the corners are produced a chunk at a time, so memory stays near twice the maps'. Pixels outside `valid`
+    (padding) are neither defect-free nor defective: they do not count.
     """
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float32)
@@ -104,7 +117,7 @@ def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20):
     defect = defect[order]
     cum_w = np.r_[0.0, np.cumsum(weights[order])]
     del order, weights
-    normal = maps[~masks]
+    normal = maps[~masks] if valid is None else maps[~masks & np.asarray(valid, bool).reshape(masks.shape)]
     n_normal = normal.size
     if n_normal == 0:
         raise ValueError("AUPRO needs defect-free pixels to measure false positives")
@@ -132,16 +145,17 @@ def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20):
     yield np.full(1, last), np.full(1, cum_w[-1]), np.full(1, -np.inf)  # defect pixels below every threshold
 
 
-def pro_curve(masks, maps, fpr_limit: float = 1.0) -> ProCurve:
+def pro_curve(masks, maps, fpr_limit: float = 1.0, valid=None) -> ProCurve:
     """The exact PRO curve up to (at least) `fpr_limit` (its corners; straight lines between them)."""
-    fpr, pro, thr = (np.concatenate(a) for a in zip(*_pro_segments(masks, maps, fpr_limit), strict=True))
+    segments = _pro_segments(masks, maps, fpr_limit, valid=valid)
+    fpr, pro, thr = (np.concatenate(a) for a in zip(*segments, strict=True))
     return ProCurve(fpr=fpr, pro=pro, thresholds=thr)
 
 
-def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+def aupro(masks, maps, fpr_limit: float = 0.3, valid=None) -> float:
     """Area under the PRO curve from FPR 0 to `fpr_limit`, divided by the limit (MVTec AD's definition)."""
     area, prev_x, prev_y = 0.0, 0.0, 0.0
-    for fpr, pro, _ in _pro_segments(masks, maps, fpr_limit):
+    for fpr, pro, _ in _pro_segments(masks, maps, fpr_limit, valid=valid):
         x, y = np.r_[prev_x, fpr], np.r_[prev_y, pro]
         past = np.flatnonzero(x >= fpr_limit)
         if past.size:  # cut at the limit, interpolating linearly
@@ -166,12 +180,13 @@ def per_type_image_auroc(labels, scores, defect_types) -> dict[str, float]:
     return {t: _auroc(scores[types == t], good) for t in sorted(set(types[labels]))}
 
 
-def all_metrics(labels, scores, masks=None, maps=None, defect_types=None) -> dict[str, float | dict]:
+def all_metrics(labels, scores, masks=None, maps=None, defect_types=None, valid=None) -> dict[str, float | dict]:
+    """`valid` (like `masks`, True where the input shows the image): pixel metrics ignore everything else."""
     out: dict[str, float | dict] = {"image_auroc": image_auroc(labels, scores), "image_f1_max": f1_max(labels, scores)}
     if masks is not None and maps is not None:
-        out["pixel_auroc"] = pixel_auroc(masks, maps)
-        out["pixel_f1_max"] = f1_max(masks, maps)
-        out["aupro"] = aupro(masks, maps)
+        out["pixel_auroc"] = pixel_auroc(masks, maps, valid)
+        out["pixel_f1_max"] = f1_max(*_within(masks, maps, valid))
+        out["aupro"] = aupro(masks, maps, valid=valid)
     if defect_types is not None:
         out["per_defect_image_auroc"] = per_type_image_auroc(labels, scores, defect_types)
     return out

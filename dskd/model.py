@@ -121,15 +121,17 @@ class DSKD(nn.Module):
         return {name: self.map_norm_stats[i] for i, name in enumerate(self.students)}
 
     def fuse(self, native: dict[str, list[torch.Tensor]], size: tuple[int, int],
-             scales: list[int] | None = None) -> AnomalyOutput:
-        """Native per-scale maps -> the model's fused, smoothed map and score (its own fusion settings)."""
+             scales: list[int] | None = None, valid: torch.Tensor | None = None) -> AnomalyOutput:
+        """Native per-scale maps -> the model's fused, smoothed map and score (its own fusion settings);
+        `valid` (B x H x W bool) keeps padding out of the score."""
         cfg = self.config
         per_scale = {name: upsample_scales(maps, size) for name, maps in native.items()}
         return fuse(per_scale, scale_fusion=cfg.scale_fusion, student_fusion=cfg.student_fusion, sigma=cfg.sigma,
-                    scales=scales, score_topk=cfg.score_topk, norm=self.map_norm())
+                    scales=scales, score_topk=cfg.score_topk, norm=self.map_norm(), valid=valid)
 
-    def anomaly_map(self, images: torch.Tensor, scales: list[int] | None = None) -> AnomalyOutput:
-        return self.fuse(self.native_maps(images), images.shape[-2:], scales)
+    def anomaly_map(self, images: torch.Tensor, scales: list[int] | None = None,
+                    valid: torch.Tensor | None = None) -> AnomalyOutput:
+        return self.fuse(self.native_maps(images), images.shape[-2:], scales, valid)
 
 
 def _fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:

@@ -274,7 +274,8 @@ def refuse(saved: Mapping[str, np.ndarray], scales: Sequence[int] = (0, 1, 2), s
            student_fusion: str = "sum", sigma: float = 4.0, *, students: Sequence[str] | None = None,
            score_topk: int = 0, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Fuse a run's saved native per-scale maps again with other settings (no network involved): other scales,
-    fusions or score, a subset of its students, or without the map normalization fitted in training."""
+    fusions or score, a subset of its students, or without the map normalization fitted in training. Scores
+    ignore padding as in evaluation (pass `valid=saved.get("valid")` to the pixel metrics as well)."""
     import torch
 
     from .maps import fuse, upsample_scales
@@ -290,8 +291,9 @@ def refuse(saved: Mapping[str, np.ndarray], scales: Sequence[int] = (0, 1, 2), s
                                    for j in range(3)], size)
             for name in (students or saved_students)
         }
+        valid = torch.from_numpy(saved["valid"][sl]) if "valid" in saved else None
         out = fuse(per_scale, scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=sigma,
-                   scales=list(scales), score_topk=score_topk, norm=norm if normalize else None)
+                   scales=list(scales), score_topk=score_topk, norm=norm if normalize else None, valid=valid)
         maps.append(out.map[:, 0].numpy())
         scores.append(out.score.numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -313,7 +315,7 @@ def multiscale_ablation(runs: pd.DataFrame, exp: Experiment | None = None,
         for subset in SCALE_SUBSETS:
             for how in fusions:
                 maps, scores = refuse(saved, subset, scale_fusion=how)
-                m = all_metrics(saved["labels"], scores, saved["masks"], maps)
+                m = all_metrics(saved["labels"], scores, saved["masks"], maps, valid=saved.get("valid"))
                 rows.append({"scales": "{" + ",".join(str(s + 1) for s in subset) + "}", "fusion": how,
                              "category": r["category"], "seed": r["seed"], **{k: m[k] for k in METRICS}})
     df = pd.DataFrame(rows).groupby(["scales", "fusion"], sort=False)[list(METRICS)].mean()

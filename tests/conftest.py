@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -23,3 +25,20 @@ def data_root(tmp_path_factory) -> Path:
 
 
 needs_mt = pytest.mark.skipif(not (MT_ROOT / "MT_Free").is_dir(), reason=f"MT Defects not found at {MT_ROOT}")
+
+
+@pytest.fixture
+def mt(tmp_path) -> Path:
+    """A tiny MT Defects layout: ten defect-free 30 x 50 images and one with a crack (masks beside them)."""
+    imgs = tmp_path / "mt_defects" / "MT_Free" / "Imgs"
+    imgs.mkdir(parents=True)
+    for i in range(10):
+        Image.fromarray(np.full((30, 50), 90, np.uint8)).save(imgs / f"f{i}.jpg")
+        Image.fromarray(np.zeros((30, 50), np.uint8)).save(imgs / f"f{i}.png")
+    crack = tmp_path / "mt_defects" / "MT_Crack" / "Imgs"
+    crack.mkdir(parents=True)
+    Image.fromarray(np.full((30, 50), 90, np.uint8)).save(crack / "c0.jpg")
+    mask = np.zeros((30, 50), np.uint8)
+    mask[10:20, 5:15] = 255
+    Image.fromarray(mask).save(crack / "c0.png")
+    return tmp_path

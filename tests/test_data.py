@@ -46,22 +46,6 @@ def mvtec3d(tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def mt(tmp_path):
-    root = tmp_path / "mt_defects"
-    for i in range(10):
-        Image.fromarray(np.full((30, 50), 90, np.uint8)).save(_p(root / f"MT_Free/Imgs/f{i}.jpg"))
-        Image.fromarray(np.zeros((30, 50), np.uint8)).save(root / f"MT_Free/Imgs/f{i}.png")
-    Image.fromarray(np.full((30, 50), 90, np.uint8)).save(_p(root / "MT_Crack/Imgs/c0.jpg"))
-    Image.fromarray(_mask(30, 50)).save(root / "MT_Crack/Imgs/c0.png")
-    return tmp_path
-
-
-def _p(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def test_mvtec_ad_layout(mvtec_ad):
     assert categories("mvtec_ad", mvtec_ad) == ["bottle"]
     train = load_dataset("mvtec_ad", mvtec_ad, "bottle", "train", 64)
@@ -101,6 +85,15 @@ def test_mt_pad_mode_keeps_aspect(mt):
     img = test[0]["image"]
     assert img[:, 0, :].abs().sum() == 0  # padded rows above the 30x50 image
     assert img[:, 25, :].min() > 0
+
+
+def test_valid_masks_mark_the_image_and_not_the_padding(mt):
+    padded = load_dataset("mt_defects", mt, "mt_defects", "test", 64, fit_mode="pad")
+    valid = padded.valid_masks()
+    shown = np.stack([padded[i]["image"].amax(0).numpy() > 0 for i in range(len(padded))])  # images are grey 90
+    assert valid.shape == (3, 64, 64) and np.array_equal(valid, shown)
+    assert 0.5 < valid.mean() < 0.7  # a 30 x 50 image fills 38 of 64 rows
+    assert load_dataset("mt_defects", mt, "mt_defects", "test", 64).valid_masks() is None  # stretch: no padding
 
 
 def test_sixteen_bit_and_rgba(tmp_path):

@@ -84,3 +84,19 @@ def test_pro_curve_is_monotone_and_per_type():
     assert np.all(np.diff(c.fpr) >= 0) and np.all(np.diff(c.pro) >= -1e-12)
     per = per_type_image_auroc([0, 0, 1, 1], [0.1, 0.2, 0.9, 0.15], ["good", "good", "a", "b"])
     assert per == {"a": 1.0, "b": 0.5}
+
+
+def test_padding_outside_valid_is_ignored_by_pixel_metrics():
+    """Metrics over padded maps with `valid` equal the metrics of the maps cropped to the image, whatever
+    values the padding holds (it would otherwise count as easy defect-free pixels)."""
+    masks, maps = _case(3, 2)
+    rows = masks.shape[1]
+    padded_masks = np.zeros((len(masks), rows + 10, masks.shape[2]), bool)
+    padded_masks[:, 4: 4 + rows] = masks
+    padded_maps = np.random.default_rng(0).uniform(-5, 5, padded_masks.shape).astype(np.float32)
+    padded_maps[:, 4: 4 + rows] = maps
+    valid = np.zeros_like(padded_masks)
+    valid[:, 4: 4 + rows] = True
+    assert pixel_auroc(padded_masks, padded_maps, valid) == pixel_auroc(masks, maps)
+    assert aupro(padded_masks, padded_maps, valid=valid) == pytest.approx(aupro(masks, maps), abs=1e-12)
+    assert aupro(padded_masks, padded_maps) != pytest.approx(aupro(masks, maps), abs=1e-3)  # padding counted

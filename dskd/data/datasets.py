@@ -71,16 +71,23 @@ def read_mask(path: Path | str) -> np.ndarray:
     return (a.max(axis=2) if a.ndim == 3 else a) > 0
 
 
+def content_box(width: int, height: int, size: int, mode: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the image inside its size x size input; the rest is padding."""
+    if mode == "stretch" or width == height:
+        return 0, 0, size, size
+    scale = size / max(width, height)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
 def fit_to_square(arr: np.ndarray, size: int, resample: int, mode: str) -> np.ndarray:
     """Resize to size x size: `stretch` ignores the aspect ratio, `pad` keeps it and pads with zeros."""
     im = Image.fromarray(arr)
-    if mode == "stretch" or im.width == im.height:
+    top, left, h, w = content_box(im.width, im.height, size, mode)
+    if (h, w) == (size, size):
         return np.asarray(im.resize((size, size), resample))
-    scale = size / max(im.width, im.height)
-    w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
     small = np.asarray(im.resize((w, h), resample))
     out = np.zeros((size, size, *small.shape[2:]), dtype=small.dtype)
-    top, left = (size - h) // 2, (size - w) // 2
     out[top: top + h, left: left + w] = small
     return out
 
@@ -121,6 +128,20 @@ class AnomalyDataset(Dataset):
         img = fit_to_square(img, self.image_size, Image.BILINEAR, self.fit_mode)
         mask = fit_to_square(mask.astype(np.uint8) * 255, self.image_size, Image.NEAREST, self.fit_mode) > 127
         return img, mask
+
+    def valid_masks(self) -> np.ndarray | None:
+        """N x S x S bool, True where the input shows the image (not padding); None where nothing is padded.
+
+        Padding is not part of the image: scores and pixel metrics must not see it (an easy, defect-free
+        region that would inflate pixel AUROC and AUPRO)."""
+        if self.fit_mode == "stretch":
+            return None
+        valid = np.zeros((len(self), self.image_size, self.image_size), bool)
+        for i, s in enumerate(self.samples):
+            with Image.open(s.path) as im:  # reads the header only
+                top, left, h, w = content_box(im.width, im.height, self.image_size, self.fit_mode)
+            valid[i, top: top + h, left: left + w] = True
+        return valid
 
     def __getitem__(self, i: int) -> dict:
         img, mask = self.load_uint8(i)
