@@ -224,3 +224,13 @@ def test_for_inference_keeps_maps_and_refuses_training(backbone, variant):
     assert fold_batchnorm(fast) == 0  # nothing left to fold: folding twice would scale the weights twice
     with pytest.raises(dskd.DskdError, match="for_inference"):
         fast.train()
+
+
+def test_image_score_ignores_the_padding():
+    per_scale = {"se": torch.rand(2, 3, 32, 32)}
+    per_scale["se"][:, :, :8] = 100.0  # a hot padded band on top
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :8] = False
+    masked = fuse(per_scale, sigma=0, valid=valid)
+    assert torch.allclose(masked.score, masked.map[:, 0, 8:].flatten(1).amax(1))
+    assert (fuse(per_scale, sigma=0).score > 100).all()  # without `valid` the band decides the score
