@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from .config import DF_SOURCES, PROFILES, VARIANTS, profile_config
+from .config import DF_INPUTS, DF_SOURCES, FIT_MODES, LR_SCHEDULES, MAP_NORMS, PROFILES, VARIANTS, profile_config
 from .data import DATASETS, OFFICIAL_CATEGORIES
 from .errors import DskdError
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--df-source", choices=("auto", *DF_SOURCES),
                    help="what feeds the DF embedding: Se's pyramid, the teacher's, or both concatenated")
     t.add_argument("--df-detach", action="store_const", const=True, help="Sd's loss does not train Se")
-    t.add_argument("--df-input", choices=("raw", "predicted"),
+    t.add_argument("--df-input", choices=DF_INPUTS,
                    help="with df_source se or both: Se's own features, or its predictions of the teacher's")
     t.add_argument("--image-size", type=int)
     t.add_argument("--epochs", type=int)
@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"))
     t.add_argument("--split-file", help="MT Defects: list of MT_Free images to train on")
-    t.add_argument("--fit-mode", choices=("stretch", "pad"), help="non-square images: stretch, or pad (no distortion)")
-    t.add_argument("--map-norm", choices=("none", "zscore", "mean"))
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    t.add_argument("--fit-mode", choices=FIT_MODES, help="non-square images: stretch, or pad (no distortion)")
+    t.add_argument("--map-norm", choices=MAP_NORMS)
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES)
     t.add_argument("--no-bn-recalibration", dest="recalibrate_bn", action="store_const", const=False,
                    help="keep the BatchNorm running statistics of the last epoch as they are")
     t.add_argument("--out", required=True, help="run directory")

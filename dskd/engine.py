@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import OptimConfig, RunConfig
 from .data import AnomalyDataset, load_dataset
-from .data.datasets import IMAGE_EXTS, content_box, fit_to_square, read_image
+from .data.datasets import IMAGE_EXTS, content_mask, fit_to_square, read_image
 from .errors import DskdError
 from .files import atomic_write, write_json, write_text
 from .metrics import all_metrics
@@ -347,8 +347,9 @@ def _fit_map_statistics(model: DSKD, images: torch.Tensor, device: torch.device,
     sums, sqs, weights = (torch.zeros(k, 3, dtype=torch.float64) for _ in range(3))
     kept = []
     for sl, native, _ in _maps_in_batches(model, images, device, batch_size):
-        kept.append((sl, native))
-        shown = None if valid is None else valid[sl, None].to(device, torch.float64)
+        part = None if valid is None else valid[sl]
+        kept.append((native, part))
+        shown = None if part is None else part[:, None].to(device, torch.float64)
         for i, name in enumerate(model.students):
             for j, m in enumerate(native[name]):
                 m = m.double()
@@ -366,8 +367,8 @@ def _fit_map_statistics(model: DSKD, images: torch.Tensor, device: torch.device,
         norm[:, 1] = mean.float()
     model.map_norm_stats.copy_(norm.to(model.map_norm_stats.device))
     with torch.inference_mode():
-        scores = torch.cat([model.fuse(native, images.shape[-2:], valid=None if valid is None else valid[sl])
-                            .score.float().cpu() for sl, native in kept])
+        scores = torch.cat([model.fuse(native, images.shape[-2:], valid=part).score.float().cpu()
+                            for native, part in kept])
     threshold = float(scores.mean() + THRESHOLD_SIGMAS * scores.std()) if len(scores) > 1 else float(scores.max())
     return {"map_stats": {"mean": mean.tolist(), "std": std.tolist()}, "train_scores": scores.tolist(),
             "image_threshold": threshold}
@@ -485,10 +486,8 @@ def predict(run_dir: str | Path | RunDir, inputs: list[str | Path], out: str | P
         original = read_image(path)
         img = fit_to_square(original, cfg.image_size, Image.BILINEAR, cfg.fit_mode)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
-        top, left, h, w = content_box(original.shape[1], original.shape[0], cfg.image_size, cfg.fit_mode)
-        valid = torch.zeros(1, cfg.image_size, cfg.image_size, dtype=torch.bool)
-        valid[:, top: top + h, left: left + w] = True
-        (_, _, result), = _maps_in_batches(loaded.model, x, loaded.device, 1, valid=valid)
+        valid = content_mask(original.shape[1], original.shape[0], cfg.image_size, cfg.fit_mode)
+        (_, _, result), = _maps_in_batches(loaded.model, x, loaded.device, 1, valid=torch.from_numpy(valid)[None])
         amap = result.map[0, 0].cpu().numpy()
         score = float(result.score[0])
         heat = cmap(np.clip(amap / (2 * loaded.image_threshold + 1e-12), 0, 1))[..., :3]

@@ -80,6 +80,14 @@ def content_box(width: int, height: int, size: int, mode: str) -> tuple[int, int
     return (size - h) // 2, (size - w) // 2, h, w
 
 
+def content_mask(width: int, height: int, size: int, mode: str) -> np.ndarray:
+    """size x size bool: True where the input shows the image, False on padding."""
+    top, left, h, w = content_box(width, height, size, mode)
+    mask = np.zeros((size, size), bool)
+    mask[top: top + h, left: left + w] = True
+    return mask
+
+
 def fit_to_square(arr: np.ndarray, size: int, resample: int, mode: str) -> np.ndarray:
     """Resize to size x size: `stretch` ignores the aspect ratio, `pad` keeps it and pads with zeros."""
     im = Image.fromarray(arr)
@@ -136,12 +144,11 @@ class AnomalyDataset(Dataset):
         region that would inflate pixel AUROC and AUPRO)."""
         if self.fit_mode == "stretch":
             return None
-        valid = np.zeros((len(self), self.image_size, self.image_size), bool)
-        for i, s in enumerate(self.samples):
+        sizes = []
+        for s in self.samples:
             with Image.open(s.path) as im:  # reads the header only
-                top, left, h, w = content_box(im.width, im.height, self.image_size, self.fit_mode)
-            valid[i, top: top + h, left: left + w] = True
-        return valid
+                sizes.append(im.size)
+        return np.stack([content_mask(w, h, self.image_size, self.fit_mode) for w, h in sizes])
 
     def __getitem__(self, i: int) -> dict:
         img, mask = self.load_uint8(i)
