@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from dskd import suite
+from dskd.config import FIT_MODES, MAP_NORMS, PRECISIONS
 from dskd.files import atomic_write, write_text
+from dskd.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("dskd", "se_only", "sd_only", "dskd_no_df", "dskd_df_teacher")
@@ -27,7 +29,7 @@ def accuracy_table(runs: pd.DataFrame, exp: suite.Experiment) -> pd.DataFrame:
     cfg = exp.config("mt_defects", exp.seeds[0])
     rows = []
     for method, sub in runs.groupby("method", sort=False):
-        method_cfg = exp.config("mt_defects", exp.seeds[0], **suite.METHODS[method]).validate()
+        method_cfg = exp.config("mt_defects", exp.seeds[0], **METHODS[method].overrides).validate()
         row = {"variant": method_cfg.model.variant, "df_source": method_cfg.model.df_source,
                "config": method, "seeds": len(sub)}
         for m in suite.METRICS:
@@ -46,20 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", required=True)
     p.add_argument("--split-file", help="MT_Free training list (default: the documented 80/20 split)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(suite.METHODS))
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(METHODS))
     p.add_argument("--profile", default="quick")
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)
-    p.add_argument("--fit-mode", choices=("stretch", "pad"))
-    p.add_argument("--map-norm", choices=("none", "zscore", "mean"))
+    p.add_argument("--fit-mode", choices=FIT_MODES)
+    p.add_argument("--map-norm", choices=MAP_NORMS)
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--out", default=str(REPO / "results"))
     p.add_argument("--name", default="accuracy_mt", help="file name of the table under <out>/benchmarks/")
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    exp = suite.experiment("mt_defects", args.profile, args.data_root, None, None, args.image_size, args.epochs,
-                           args.seeds, out, split_file=args.split_file, fit_mode=args.fit_mode,
-                           map_norm=args.map_norm)
+    exp = suite.experiment(dataset="mt_defects", profile=args.profile, data_root=args.data_root, seeds=args.seeds,
+                           out_dir=out, image_size=args.image_size, epochs=args.epochs, split_file=args.split_file,
+                           fit_mode=args.fit_mode, map_norm=args.map_norm, precision=args.precision)
     if exp.skipped or exp.stand_in:
         raise SystemExit(f"error: {exp.skipped or 'profile ' + args.profile + ' does not use real data'}")
     t0 = time.perf_counter()

@@ -3,14 +3,14 @@
     python -m benchmarks.gpu_sweep --data-root DATA --split-file DATA/mt_defects/splits/differnet_train_free.txt \
         --grid explore|long|both|longer --workers 6 --out OUT
 
-Each run is the `quick` profile with the grid's image size, epochs, fit mode, configuration and seed, trained
-and evaluated by dskd's own engine in float32 (the engine's bfloat16 autocast is switched off here, so that the
-numbers speak for this CPU's float32 runs). Every finished run appends one JSON line to OUT/sweep.jsonl: the
-default metrics (image AUROC, pixel AUROC, AUPRO), per-defect image AUROC, and the same saved maps re-fused
-without retraining (`analysis`: top-1% score, no normalization, and for dual runs max fusion and each student
-alone). Records: results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long),
-mt_both_gpu_h200.jsonl (both) and mt_longer_gpu_h200.jsonl (longer); `--summarize` tabulates those with three
-seeds per configuration (accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md).
+Each run is the `quick` profile with the grid's image size, epochs, fit mode, configuration and seed, trained and
+evaluated by dskd's own engine with `precision="float32"` (the numbers speak for this CPU's float32 runs). Every
+finished run appends one JSON line to OUT/sweep.jsonl: the default metrics (image AUROC, pixel AUROC, AUPRO), per-
+defect image AUROC, and the same saved maps re-fused without retraining (`analysis`: top-1% score, no
+normalization, and for dual runs max fusion and each student alone). Records:
+results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long), mt_both_gpu_h200.jsonl
+(both) and mt_longer_gpu_h200.jsonl (longer); `--summarize` tabulates those with three seeds per configuration
+(accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md).
 The device could only take data under 64 MiB: the images were first downscaled to 256 px on their longer side
 (`--downscale-to` does that into a new folder); the teacher's weights package, absent there, travelled beside them
 (its installed folder copied to a directory put on PYTHONPATH).
@@ -19,7 +19,6 @@ The device could only take data under 64 MiB: the images were first downscaled t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -29,13 +28,8 @@ from pathlib import Path
 
 import torch
 
-from dskd.config import RD_ADAM
-from dskd.suite import METHODS as SUITE_METHODS
+from dskd.methods import METHODS
 
-# The suite's configurations, plus two only these sweeps tried: Se trained with Reverse Distillation's Adam, and
-# the DF embedding reading teacher and Se with Sd's gradient stopped at Se.
-METHODS = {**SUITE_METHODS, "dskd_se_adam": {"variant": "dskd", "se_optim": RD_ADAM},
-           "dskd_df_both_detach": {"variant": "dskd", "df_source": "both", "df_detach": True}}
 TRIO = ["dskd", "se_only", "sd_only"]
 
 
@@ -68,7 +62,7 @@ def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argp
 
     return profile_config("quick", dataset="mt_defects", category="mt_defects", data_root=args.data_root,
                           split_file=args.split_file, image_size=size, epochs=epochs, fit_mode=fit, seed=seed,
-                          device=args.device, **METHODS[method])
+                          device=args.device, precision="float32", **METHODS[method].overrides)
 
 
 def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
@@ -78,26 +72,25 @@ def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
 
     saved = suite.load_maps(run_dir)
     variants: dict[str, dict] = {"topk1pct": {"score_topk": size * size // 100}, "nonorm": {"normalize": False}}
-    if len(saved["students"]) == 2:
+    if len(saved.students) == 2:
         variants.update(max={"student_fusion": "max"}, only_se={"students": ["se"]}, only_sd={"students": ["sd"]})
     out = {}
     for name, options in variants.items():
         maps, scores = suite.refuse(saved, **options)
-        m = all_metrics(saved["labels"], scores, saved["masks"], maps, list(saved["defect_types"]),
-                        valid=saved.get("valid"))
+        m = all_metrics(saved.labels, scores, saved.masks, maps, saved.defect_types, valid=saved.valid)
         out[name] = [round(m[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")]
     return out
 
 
 def _one(job: tuple, args: argparse.Namespace) -> dict:
-    from dskd import engine
+    from dskd import evaluate, fit
 
-    method, size, epochs, fit, seed = job
-    name = f"{method}_s{size}_e{epochs}_{fit}_seed{seed}"
+    method, size, epochs, fit_mode, seed = job
+    name = f"{method}_s{size}_e{epochs}_{fit_mode}_seed{seed}"
     t0 = time.perf_counter()
-    run = engine.fit(_config(*job, args), Path(args.runs) / name, quiet=True)
-    res = engine.evaluate(run, save_maps=True, device=args.device)
-    return {"name": name, "method": method, "size": size, "epochs": epochs, "fit": fit, "seed": seed,
+    run = fit(_config(*job, args), Path(args.runs) / name, quiet=True)
+    res = evaluate(run, save_maps=True, device=args.device)
+    return {"name": name, "method": method, "size": size, "epochs": epochs, "fit": fit_mode, "seed": seed,
             "train_minutes": run.info()["train_minutes"], "wall_s": round(time.perf_counter() - t0, 1),
             "loss_last": (run.path / "train_log.csv").read_text().strip().splitlines()[-1],
             "default": [round(res[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")],
@@ -106,11 +99,8 @@ def _one(job: tuple, args: argparse.Namespace) -> dict:
 
 
 def _worker(worker: int, args: argparse.Namespace) -> None:
-    from dskd import engine
-
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))  # oversubscribed threads spin and crawl
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    engine._autocast = lambda device: contextlib.nullcontext()  # float32, as on the CPU
     for i, job in enumerate(grid(args.grid)):
         if i % args.workers != worker:
             continue

@@ -50,7 +50,7 @@ class Bench:
         if name in (*DSKD_MODELS, BEFORE):
             import dskd
             from dskd.config import RD_ADAM, STFPM_SGD
-            from dskd.engine import _optimizer
+            from dskd.training import _optimizer
 
             self.model = dskd.build_model(backbone, "dskd" if name == BEFORE else name, pretrained=False)
             self.loss_fn = lambda x: self.model.loss(x)["total"]

@@ -16,11 +16,13 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):
-    # The engine pulls in the data and metrics stacks; load it only when asked for.
-    if name in ("fit", "evaluate", "predict", "load_run", "RunDir"):
-        from . import engine
+    # Training and evaluation pull in the data and metrics stacks; load it only when asked for.
+    lazy = {"fit": "training", "evaluate": "evaluation", "predict": "prediction", "load_run": "runs",
+            "RunDir": "runs"}
+    if name in lazy:
+        import importlib
 
-        return getattr(engine, name)
+        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
     raise AttributeError(f"module 'dskd' has no attribute '{name}'")
 
 

@@ -1,20 +1,25 @@
-"""`python -m dskd {train,evaluate,predict}`: a thin layer over `dskd.engine`.
+"""`python -m dskd {train,evaluate,predict}`: a thin layer over the library.
 
-Problems with arguments or data exit with code 2 and one line on stderr (a traceback only with --debug).
+The `train` flags are generated from the settings dataclasses (`dskd.config`): every field is a flag with its
+choices, its help line and the chosen profile's value as the default shown in `--help`. Problems with arguments
+or data exit with code 2 and one line on stderr (a traceback only with --debug).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import typing
+from typing import Any
 
-from .config import DF_INPUTS, DF_SOURCES, FIT_MODES, LR_SCHEDULES, MAP_NORMS, PROFILES, VARIANTS, profile_config
-from .data import DATASETS, OFFICIAL_CATEGORIES
+from .config import DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, choices_of, profile_config
 from .errors import DskdError
 
 log = logging.getLogger("dskd")
+NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,39 +27,64 @@ class _Parser(argparse.ArgumentParser):
         raise DskdError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .backbones import list_backbones
+def setting_fields() -> list[tuple[str, dataclasses.Field, Any]]:
+    """(override name, field, owning dataclass) for every settable field, nested ones flattened."""
+    hints = {cls: typing.get_type_hints(cls) for cls in (RunConfig, OptimConfig, ModelConfig)}
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in NESTED_PREFIX:
+            inner = hints[RunConfig][f.name]
+            out += [(NESTED_PREFIX[f.name] + g.name, g, inner) for g in dataclasses.fields(inner)]
+        elif f.metadata.get("cli", True):
+            out.append((f.name, f, RunConfig))
+    return out
 
+
+def _value_type(annotation: Any, default: Any) -> tuple[Any, int | None]:
+    """(converter, nargs) for a field's type hint; a tuple takes as many values as its default has."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is tuple:
+        return args[0], len(default)
+    if args:  # Optional[X]
+        return args[0], None
+    return annotation, None
+
+
+def _current(cfg: RunConfig, name: str) -> Any:
+    for holder, prefix in ((cfg.se_optim, "se_optim_"), (cfg.sd_optim, "sd_optim_")):
+        if name.startswith(prefix):
+            return getattr(holder, name[len(prefix):])
+    return getattr(cfg.model, name) if hasattr(cfg.model, name) else getattr(cfg, name)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
+    shown = profile_config(profile)
+    for name, f, owner in setting_fields():
+        default = _current(shown, name)
+        kind, nargs = _value_type(typing.get_type_hints(owner)[f.name], default)
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} ({profile}: {default})".replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, nargs=nargs, choices=choices_of(f), default=None,
+                                metavar=None if choices_of(f) else name.upper(), help=help_text)
+
+
+def build_parser(profile: str = "quick") -> argparse.ArgumentParser:
     p = _Parser(prog="python -m dskd", description="Dual-Student Knowledge Distillation for anomaly detection.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a run (flags override the profile)")
+    t = sub.add_parser("train", help="train a run (flags override the profile)",
+                       description="Every setting is a flag; defaults shown are the --profile's (give --profile "
+                                   "before --help to see another's).")
     t.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="base settings (default: quick)")
-    t.add_argument("--dataset", choices=DATASETS)
-    t.add_argument("--category")
-    t.add_argument("--data-root")
-    t.add_argument("--backbone", choices=list_backbones())
-    t.add_argument("--variant", choices=VARIANTS)
-    t.add_argument("--df-source", choices=("auto", *DF_SOURCES),
-                   help="what feeds the DF embedding: Se's pyramid, the teacher's, or both concatenated")
-    t.add_argument("--df-detach", action="store_const", const=True, help="Sd's loss does not train Se")
-    t.add_argument("--df-input", choices=DF_INPUTS,
-                   help="with df_source se or both: Se's own features, or its predictions of the teacher's")
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, help="learning rate of both students' optimizers")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--split-file", help="MT Defects: list of MT_Free images to train on")
-    t.add_argument("--fit-mode", choices=FIT_MODES, help="non-square images: stretch, or pad (no distortion)")
-    t.add_argument("--map-norm", choices=MAP_NORMS)
-    t.add_argument("--lr-schedule", choices=LR_SCHEDULES)
-    t.add_argument("--no-bn-recalibration", dest="recalibrate_bn", action="store_const", const=False,
-                   help="keep the BatchNorm running statistics of the last epoch as they are")
+    t.add_argument("--lr", type=float, help="learning rate of both students' optimizers (shorthand)")
+    add_setting_flags(t, profile)
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--wait", action="store_true", help="if another process trains --out, wait for it")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("evaluate", help="score a trained run on its test split")
@@ -62,53 +92,73 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="where the data is now, if it moved since training")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     e.add_argument("--save-maps", action="store_true", help="store maps, scores, labels and masks (maps.npz)")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--device", default="auto", choices=DEVICES)
 
     r = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     r.add_argument("--run", required=True)
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("--out", required=True)
-    r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    r.add_argument("--device", default="auto", choices=DEVICES)
+    r.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     return p
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .engine import fit
+def _default_category(args: argparse.Namespace) -> str | None:
+    from .data import categories, get_dataset
 
-    category = args.category
-    if category is None and args.dataset not in (None, "synthetic"):
-        if args.dataset != "mt_defects":
-            known = ", ".join(OFFICIAL_CATEGORIES[args.dataset])
-            raise DskdError(f"--category is required for {args.dataset}; one of {known}")
-        category = "mt_defects"
-    cfg = profile_config(
-        args.profile, dataset=args.dataset, category=category, data_root=args.data_root,
-        backbone=args.backbone, variant=args.variant, df_source=args.df_source, df_detach=args.df_detach,
-        df_input=args.df_input, image_size=args.image_size, lr_schedule=args.lr_schedule,
-        recalibrate_bn=args.recalibrate_bn,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-        split_file=args.split_file, fit_mode=args.fit_mode, map_norm=args.map_norm,
-    )
-    run = fit(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    if args.category is not None or args.dataset in (None, "synthetic"):
+        return args.category
+    spec = get_dataset(args.dataset)
+    if len(spec.categories) == 1:
+        return spec.categories[0]
+    present = categories(args.dataset, args.data_root) if args.data_root else []
+    if len(present) == 1:
+        return present[0]
+    known = ", ".join(present or spec.categories) or "a subfolder of --data-root"
+    raise DskdError(f"--category is required for {args.dataset}; one of {known}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import fit
+
+    overrides = {name: getattr(args, name) for name, _, _ in setting_fields()}
+    overrides.update(category=_default_category(args), lr=args.lr)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    run = fit(profile_config(args.profile, **overrides), args.out, resume=args.resume, quiet=args.quiet,
+              wait=args.wait)
     print(run.path)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .engine import evaluate
+    from .evaluation import evaluate
 
     result = evaluate(args.run, args.data_root, save_maps=args.save_maps, device=args.device, quiet=args.json)
     if args.json:
         print(json.dumps(result))
-    else:
-        for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "n_test", "seconds"):
-            print(f"{key:>14}: {result[key]:.4f}" if isinstance(result[key], float) else f"{key:>14}: {result[key]}")
+        return
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "n_test", "seconds"):
+        value = result.get(key)
+        print(f"{key:>14}: {'—' if value is None else f'{value:.4f}' if isinstance(value, float) else value}")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .engine import predict
+    from .prediction import predict
 
-    for row in predict(args.run, args.inputs, args.out, device=args.device):
-        print(f"{row['score']:.5f}\t{'ANOMALOUS' if row['is_anomalous'] else 'ok'}\t{row['path']}")
+    rows = predict(args.run, args.inputs, args.out, device=args.device, strict=args.strict)
+    for row in rows:
+        verdict = "unreadable" if row["error"] else "ANOMALOUS" if row["is_anomalous"] else "ok"
+        print(f"{row['score'] if row['error'] else format(row['score'], '.5f')}\t{verdict}\t{row['path']}")
+    if not any(not row["error"] for row in rows):
+        raise DskdError(f"none of the {len(rows)} image(s) could be read; see {args.out}/scores.csv")
+
+
+def _profile_in(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        if a == "--profile" and i + 1 < len(argv) and argv[i + 1] in PROFILES:
+            return argv[i + 1]
+        if a.startswith("--profile=") and a.split("=", 1)[1] in PROFILES:
+            return a.split("=", 1)[1]
+    return "quick"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_profile_in(argv)).parse_args(argv)
         {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
     except DskdError as exc:
         if debug:

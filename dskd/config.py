@@ -1,7 +1,9 @@
-"""Every setting in one place: dataclasses with the defaults, and profiles as small overrides of them.
+"""Every setting in one place: dataclasses whose fields carry their default, choices and one-line help.
 
-`ModelConfig` describes the network and its maps; `RunConfig` adds the data and the training recipe.
-A run's identity is the hash of its `RunConfig`, so re-running a notebook finds the run it already trained.
+`ModelConfig` describes the network and its maps, `OptimConfig` one student's optimizer, and `RunConfig` adds the
+data and the training recipe. The command line's flags are generated from these fields (`dskd.cli`), profiles
+are small overrides of them, and a run's identity is the hash of its `RunConfig` (precision included), so
+re-running a notebook finds the run it already trained.
 """
 
 from __future__ import annotations
@@ -9,67 +11,91 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import DskdError
 
+N_SCALES = 3  # pyramid levels (strides 4, 8, 16) of every teacher, student, map and loss
+
 VARIANTS = ("dskd", "se_only", "sd_only", "dskd_no_df")
 DF_SOURCES = ("se", "teacher", "both")
 DF_INPUTS = ("raw", "predicted")
+LOSS_KINDS = ("pixel_cosine", "flat_cosine")
+SCALE_FUSIONS = ("sum", "mean", "product")
+STUDENT_FUSIONS = ("sum", "mean", "max")
 MAP_NORMS = ("none", "zscore", "mean")
 OPTIMIZERS = ("sgd", "adam")
 FIT_MODES = ("stretch", "pad")
 LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise DskdError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+def _backbones() -> list[str]:
+    from .backbones import list_backbones
+
+    return list_backbones()
+
+
+def _datasets() -> list[str]:
+    from .data import DATASETS
+
+    return list(DATASETS)
+
+
+def setting(default: Any = None, help: str = "", choices: Sequence | Callable[[], Sequence] | None = None, *,
+            factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+    """A dataclass field that describes itself: its help line and allowed values travel in its metadata."""
+    meta = {"help": help, "choices": choices, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def choices_of(f: dataclasses.Field) -> tuple | None:
+    c = f.metadata.get("choices")
+    return tuple(c() if callable(c) else c) if c is not None else None
+
+
+def _check_choices(obj: Any) -> None:
+    for f in fields(obj):
+        allowed = choices_of(f)
+        value = getattr(obj, f.name)
+        if allowed is not None and value not in allowed:
+            raise DskdError(f"{f.name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "efficientnet_lite0"
-    variant: str = "dskd"
-    # Which pyramid feeds the DF embedding: "se" lets the students interact (DSKD), "teacher" is Reverse
-    # Distillation's arrangement, "both" concatenates the two per scale (Sd reads the teacher's knowledge and what
-    # Se made of the image; Sd's loss still trains Se). "auto" resolves to "teacher" for sd_only and "se" otherwise.
-    df_source: str = "auto"
-    # With df_source="se" or "both": stop Sd's gradient at the DF input, so that Se trains on its own loss only
-    # while Sd still decodes from Se's features (False: Sd's loss also trains Se).
-    df_detach: bool = False
-    # With df_source="se" or "both": what of Se's the DF embedding reads. "raw": its own features (64/128/256
-    # channels); "predicted": its predictions of the teacher's features (after the 1x1 heads), the features that
-    # are matched to the teacher. With a ResNet18 teacher the heads are identities and the two are the same.
-    df_input: str = "raw"
-    loss: str = "pixel_cosine"  # or "flat_cosine" (Reverse Distillation's)
-    scale_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    se_weight: float = 1.0
-    sd_weight: float = 1.0
-    scale_fusion: str = "sum"  # sum | mean | product
-    student_fusion: str = "sum"  # sum | mean | max
-    sigma: float = 4.0  # Gaussian smoothing of the map, in pixels of the input
-    score_topk: int = 0  # 0: image score = max of the map; k: mean of its k largest pixels
-    # Per student and scale, (m - mean) / std with statistics of the training images, so that students and scales
-    # with different ranges weigh alike when fused (none | zscore | mean). zscore measured best (docs/findings.md).
-    map_norm: str = "zscore"
+    backbone: str = setting("efficientnet_lite0", "frozen ImageNet teacher", _backbones)
+    variant: str = setting("dskd", "dskd, or an ablation: se_only (~STFPM), sd_only (~Reverse Distillation), "
+                                   "dskd_no_df (no DF embedding)", VARIANTS)
+    df_source: str = setting("auto", "what feeds the DF embedding: Se's pyramid (students interact), the teacher's "
+                                     "(Reverse Distillation), or both concatenated; auto: teacher for sd_only, else se",
+                             ("auto", *DF_SOURCES, "none"))
+    df_detach: bool = setting(False, "with df_source se/both: Sd's loss does not train Se (Sd still reads Se)")
+    df_input: str = setting("raw", "with df_source se/both: Se's own features, or its predictions of the teacher's "
+                                   "(the same with a ResNet18 teacher)", DF_INPUTS)
+    loss: str = setting("pixel_cosine", "per-pixel cosine (STFPM) or one cosine per flattened map (Reverse "
+                                        "Distillation)", LOSS_KINDS)
+    scale_weights: tuple[float, ...] = setting((1.0, 1.0, 1.0), "loss weight of each pyramid level, finest first")
+    se_weight: float = setting(1.0, "weight of Se's loss in the total")
+    sd_weight: float = setting(1.0, "weight of Sd's loss in the total")
+    scale_fusion: str = setting("sum", "how a student's per-scale maps combine", SCALE_FUSIONS)
+    student_fusion: str = setting("sum", "how the students' maps combine", STUDENT_FUSIONS)
+    sigma: float = setting(4.0, "Gaussian smoothing of the map, in input pixels (0: none)")
+    score_topk: int = setting(0, "image score: 0 = max of the map, k = mean of its k largest pixels")
+    map_norm: str = setting("zscore", "per student and scale, normalize maps with training-image statistics before "
+                                      "fusing (zscore measured best, docs/findings.md)", MAP_NORMS)
 
     def resolved(self) -> ModelConfig:
-        from .backbones import get_spec
-        from .losses import LOSS_KINDS
-        from .maps import SCALE_FUSIONS, STUDENT_FUSIONS
-
-        get_spec(self.backbone)
-        _choice("variant", self.variant, VARIANTS)
-        _choice("df_source", self.df_source, ("auto", *DF_SOURCES, "none"))  # "none": se_only, once resolved
-        _choice("loss", self.loss, LOSS_KINDS)
-        _choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
-        _choice("student_fusion", self.student_fusion, STUDENT_FUSIONS)
-        _choice("map_norm", self.map_norm, MAP_NORMS)
-        _choice("df_input", self.df_input, DF_INPUTS)
-        if len(self.scale_weights) != 3:
-            raise DskdError(f"scale_weights needs 3 values, got {self.scale_weights!r}")
+        _check_choices(self)
+        if len(self.scale_weights) != N_SCALES:
+            raise DskdError(f"scale_weights needs {N_SCALES} values, got {self.scale_weights!r}")
+        if self.sigma < 0 or self.score_topk < 0:
+            raise DskdError(f"sigma ({self.sigma}) and score_topk ({self.score_topk}) must not be negative")
         source = self.df_source
         if source == "none" and self.variant != "se_only":
             raise DskdError(f"variant '{self.variant}' needs df_source 'auto' or one of {', '.join(DF_SOURCES)}, "
@@ -90,77 +116,87 @@ class ModelConfig:
             self.variant]
 
 
-# Fields added after runs had been published, with the value those runs implicitly had: left out of a run's
-# fingerprint while at that value, so that earlier runs keep their names.
-FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
-                                                  ("recalibrate_bn",): False}
-
-
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adam"
-    lr: float = 0.005
-    betas: tuple[float, float] = (0.5, 0.999)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    name: str = setting("adam", "optimizer", OPTIMIZERS)
+    lr: float = setting(0.005, "learning rate")
+    betas: tuple[float, ...] = setting((0.5, 0.999), "Adam's betas")
+    momentum: float = setting(0.9, "SGD's momentum")
+    weight_decay: float = setting(0.0, "weight decay")
 
 
 # The parents' published recipes: STFPM trains its student with SGD, Reverse Distillation its decoder with Adam.
 STFPM_SGD = OptimConfig(name="sgd", lr=0.4, momentum=0.9, weight_decay=1e-4)
 RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
 
+# Fields added after runs had been published, with the value those runs implicitly had: left out of a run's
+# fingerprint while at that value, so that earlier runs keep their names. (Earlier CUDA runs trained in bfloat16
+# and do get new names: their weights were not float32 weights.)
+FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
+                                                  ("recalibrate_bn",): False, ("precision",): "float32"}
+
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: str = "synthetic"
-    category: str = "stripes"
-    data_root: str = "results/data"
-    image_size: int = 256
-    fit_mode: str = "stretch"  # how non-square images reach the square input: stretch, or pad (no distortion)
-    split_file: str | None = None
-    epochs: int = 10
-    batch_size: int = 8
-    se_optim: OptimConfig = STFPM_SGD
-    sd_optim: OptimConfig = RD_ADAM
-    # "cosine": every learning rate decays to 0 over the run (per step); "constant": the parents' recipes.
-    lr_schedule: str = "constant"
-    # After the last epoch, re-estimate the students' BatchNorm statistics over the training images with the final
-    # weights: the running averages trail weights that moved until the last step, which matters at short budgets.
-    recalibrate_bn: bool = True
-    seed: int = 0
-    device: str = "auto"
-    profile: str = "custom"
+    model: ModelConfig = setting(help="the network and its maps", factory=ModelConfig)
+    dataset: str = setting("synthetic", "dataset layout", _datasets)
+    category: str = setting("stripes", "category of the dataset (required for multi-category datasets)")
+    data_root: str = setting("results/data", "the dataset's folder, or a folder holding several")
+    image_size: int = setting(256, "side of the square network input, a multiple of 32")
+    fit_mode: str = setting("stretch", "non-square images: stretch, or pad (no distortion)", FIT_MODES)
+    split_file: str | None = setting(None, "MT Defects: list of MT_Free images to train on (DifferNet's)")
+    epochs: int = setting(10, "training epochs")
+    batch_size: int = setting(8, "training batch size")
+    se_optim: OptimConfig = setting(help="Se's optimizer (STFPM's SGD recipe)", factory=lambda: STFPM_SGD)
+    sd_optim: OptimConfig = setting(help="Sd's and the DF embedding's optimizer (Reverse Distillation's)",
+                                  factory=lambda: RD_ADAM)
+    lr_schedule: str = setting("constant", "constant: the parents' recipes; cosine: every rate decays to 0 per step",
+                               LR_SCHEDULES)
+    recalibrate_bn: bool = setting(True, "after training, re-estimate the students' BatchNorm statistics under the "
+                                         "final weights (they trail weights that moved until the last step)")
+    seed: int = setting(0, "random seed (weights and batch order)")
+    device: str = setting("auto", "where to train; not part of the run's identity", DEVICES)
+    precision: str = setting("auto", "arithmetic of training and maps; auto: float32 on every device (README)",
+                             PRECISIONS)
+    profile: str = setting("custom", "the profile these settings started from", cli=False)
 
     def validate(self) -> RunConfig:
         model = self.model.resolved()
-        _choice("fit_mode", self.fit_mode, FIT_MODES)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choices(self)
         for opt in (self.se_optim, self.sd_optim):
-            _choice("optimizer", opt.name, OPTIMIZERS)
+            _check_choices(opt)
             if not opt.lr > 0:
                 raise DskdError(f"learning rate must be positive, got {opt.lr}")
-        _choice("device", self.device, ("auto", "cpu", "cuda"))
         if self.image_size < 32 or self.image_size % 32:
             raise DskdError(f"image_size={self.image_size} must be a multiple of 32 and at least 32")
         if self.epochs < 1 or self.batch_size < 1:
             raise DskdError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         return dataclasses.replace(self, model=model)
 
+    def with_device(self, device_type: str) -> RunConfig:
+        """The concrete precision for a device: `auto` is float32 on every device (README: why), so a run's
+        identity never depends on where it trained."""
+        if self.precision == "auto":
+            return dataclasses.replace(self, precision="float32")
+        if self.precision == "float16" and device_type == "cpu":
+            raise DskdError("precision float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
         d = dict(d)
-        model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model").items()})
-        opts = {k: OptimConfig(**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in d.pop(k).items()})
-                for k in ("se_optim", "sd_optim")}
-        return cls(model=model, **opts, **d)
+        nested = {"model": ModelConfig, "se_optim": OptimConfig, "sd_optim": OptimConfig}
+        return cls(**{k: build(kind, d.pop(k)) for k, kind in nested.items()}, **d)
 
     def fingerprint(self) -> str:
         """Hash of what determines the trained weights (not the device, which only changes speed)."""
-        d = self.to_dict()
+        d = self.with_device("any").to_dict()
         d.pop("device")
         d.pop("profile")
         for path, default in FIELDS_ADDED_LATER.items():
@@ -181,31 +217,36 @@ class RunConfig:
                 f"e{self.epochs}-s{self.seed}-{self.fingerprint()}")
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
-        """Override run or model fields by name (None values are ignored); `lr` sets both students' rates."""
+        """Override run or model fields by name (None values are ignored); `lr` sets both students' rates, and
+        `se_optim_lr`-style names set one field of one optimizer."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
         model_keys = {f.name for f in fields(ModelConfig)}
         run_keys = {f.name for f in fields(RunConfig)} - {"model"}
-        cfg = self
+        optims = {name: getattr(self, name) for name in ("se_optim", "sd_optim")}
         if "lr" in overrides:
             lr = float(overrides.pop("lr"))
-            cfg = dataclasses.replace(cfg, se_optim=dataclasses.replace(cfg.se_optim, lr=lr),
-                                      sd_optim=dataclasses.replace(cfg.sd_optim, lr=lr))
+            optims = {k: dataclasses.replace(v, lr=lr) for k, v in optims.items()}
+        for key in [k for k in overrides if k.startswith(("se_optim_", "sd_optim_"))]:
+            name, sub = key[:8], key[9:]
+            if sub not in {f.name for f in fields(OptimConfig)}:
+                raise DskdError(f"unknown optimizer setting '{key}'")
+            optims[name] = dataclasses.replace(optims[name], **{sub: overrides.pop(key)})
+        optims.update({k: overrides.pop(k) for k in list(overrides) if k in optims})
         unknown = set(overrides) - model_keys - run_keys
         if unknown:
             raise DskdError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(model_keys | run_keys | {'lr'})}")
-        model = dataclasses.replace(cfg.model, **{k: v for k, v in overrides.items() if k in model_keys})
-        return dataclasses.replace(cfg, model=model, **{k: v for k, v in overrides.items() if k in run_keys})
+        model = dataclasses.replace(self.model, **{k: v for k, v in overrides.items() if k in model_keys})
+        return dataclasses.replace(self, model=model, **optims,
+                                   **{k: v for k, v in overrides.items() if k in run_keys})
 
 
 # Profiles are small overrides of the defaults above.
 PROFILES: dict[str, dict[str, Any]] = {
     # The offline demo: synthetic textures, small images, a few epochs; every table within minutes on a CPU.
     "demo": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=128, epochs=3, batch_size=8),
-    # Real data on a CPU with the offline teacher, sized so that the 3-seed, 5-configuration MT Defects benchmark
-    # trains within an hour on 2 cores. At that budget the students' convergence matters more than resolution:
-    # 64 px x 6 epochs beat 96 px x 4 and 128 px x 3 on image and pixel AUROC, at a cost in AUPRO (maps 4x coarser;
-    # docs/findings.md section 7); 8 epochs is what the hour holds at 64 px (section 11). Pass --image-size 128 or
-    # larger where small defects matter.
+    # Real data on a CPU with the offline teacher: 64 px x 8 epochs won MT Defects' image and pixel AUROC at an
+    # hour for 15 runs (docs/findings.md sections 7 and 11), at a cost in AUPRO (maps 4x coarser). Pass
+    # --image-size 128 or larger where small defects matter.
     "quick": dict(backbone="efficientnet_lite0", image_size=64, epochs=8, batch_size=8),
     # The paper's teacher; the training recipe is Reverse Distillation's (the DSKD paper's own is not available).
     "paper": dict(backbone="resnet18", image_size=256, epochs=200, batch_size=16, se_optim=RD_ADAM, sd_optim=RD_ADAM),

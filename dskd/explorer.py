@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .suite import load_maps
+from . import archive
+from .archive import SavedMaps
+from .config import N_SCALES
 
 VIEWS_FIXED = ("fused",)
 
@@ -22,7 +24,7 @@ class MapExplorer:
         if not runs:
             raise ValueError("MapExplorer needs at least one run with saved maps")
         self.runs = {k: Path(v) for k, v in runs.items()}
-        self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._cache: dict[str, SavedMaps] = {}
         self.run = next(iter(self.runs))
         self.index = 0
         self.view = "fused"
@@ -39,53 +41,61 @@ class MapExplorer:
 
     # --- state -------------------------------------------------------------------------------------------
     @property
-    def saved(self) -> dict[str, np.ndarray]:
+    def saved(self) -> SavedMaps:
         if self.run not in self._cache:
-            self._cache[self.run] = load_maps(self.runs[self.run])
+            self._cache[self.run] = archive.load(self.runs[self.run])
         return self._cache[self.run]
 
     @property
     def n_images(self) -> int:
-        return len(self.saved["maps"])
+        return len(self.saved.maps)
 
     @property
     def views(self) -> list[str]:
-        students = [str(s) for s in self.saved["students"]]
+        students = self.saved.students
         return [*VIEWS_FIXED, *(f"student {s}" for s in students),
-                *(f"scale {j + 1} of {s}" for s in students for j in range(3))]
+                *(f"scale {j + 1} of {s}" for s in students for j in range(N_SCALES))]
 
     def current_map(self) -> np.ndarray:
         s = self.saved
         if self.view == "fused":
-            return s["maps"][self.index].astype(np.float32)
+            return s.maps[self.index].astype(np.float32)
         kind, *rest = self.view.split()
         if kind == "student":
-            return s[f"student_{rest[0]}"][self.index].astype(np.float32)
+            return s.per_student[rest[0]][self.index].astype(np.float32)
         j, name = int(rest[0]) - 1, rest[2]
-        native = s[f"scale{j}_{name}"][self.index].astype(np.float32)
-        reps = s["maps"].shape[-1] // native.shape[-1]
+        native = s.per_scale[name][j][self.index].astype(np.float32)
+        reps = s.maps.shape[-1] // native.shape[-1]
         return np.kron(native, np.ones((reps, reps), np.float32))  # nearest upsampling: shows the true grid
 
     def default_threshold(self) -> float:
         """The run's own threshold (from training scores) when showing the fused map, else the map's 99th pct."""
         if self.view == "fused":
-            return float(self.saved["threshold"])
+            return float(self.saved.threshold)
         return float(np.percentile(self.current_map(), 99))
 
     def prediction(self) -> np.ndarray:
         return self.current_map() > self.threshold
 
-    def iou(self) -> float:
-        """Intersection over union of the thresholded map and the ground truth (1.0 when both are empty)."""
-        pred, truth = self.prediction(), self.saved["masks"][self.index].astype(bool)
+    def truth(self) -> np.ndarray | None:
+        """The current image's ground-truth mask; None when the run's data has no masks."""
+        masks = self.saved.masks
+        return None if masks is None else masks[self.index].astype(bool)
+
+    def iou(self) -> float | None:
+        """Intersection over union of the thresholded map and the ground truth (1.0 when both are empty; None
+        without masks)."""
+        pred, truth = self.prediction(), self.truth()
+        if truth is None:
+            return None
         union = np.logical_or(pred, truth).sum()
         return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
 
     def describe(self) -> str:
-        s = self.saved
-        return (f"{self.run} | image {self.index + 1}/{self.n_images}: {Path(str(s['paths'][self.index])).name} "
-                f"({s['defect_types'][self.index]}) | score {float(s['scores'][self.index]):.4f} | "
-                f"threshold {self.threshold:.4f} | IoU {self.iou():.3f}")
+        s, iou = self.saved, self.iou()
+        return (f"{self.run} | image {self.index + 1}/{self.n_images}: {Path(s.paths[self.index]).name} "
+                f"({s.defect_types[self.index]}) | score {float(s.scores[self.index]):.4f} | "
+                f"threshold {self.threshold:.4f} | IoU {'—' if iou is None else f'{iou:.3f}'}")
 
     # --- controls (what the widgets call) ----------------------------------------------------------------
     def select_run(self, label: str) -> None:
@@ -130,19 +140,20 @@ class MapExplorer:
         s = self.saved
         amap = self.current_map()
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-        axes[0].imshow(s["images"][self.index])
+        axes[0].imshow(s.images[self.index])
         im = axes[0].imshow(amap, cmap=self.cmap, alpha=self.opacity)
         axes[0].set_title(f"{self.view} map over image")
         fig.colorbar(im, ax=axes[0], fraction=0.046)
-        axes[1].imshow(s["masks"][self.index], cmap="gray", vmin=0, vmax=1)
-        axes[1].set_title("ground truth")
-        truth, pred = s["masks"][self.index].astype(bool), self.prediction()
-        overlap = np.zeros((*truth.shape, 3))
-        overlap[pred & truth] = (0.1, 0.8, 0.1)  # green: hit
-        overlap[pred & ~truth] = (0.9, 0.2, 0.1)  # red: false alarm
-        overlap[~pred & truth] = (0.2, 0.3, 0.9)  # blue: missed
+        truth, pred, iou = self.truth(), self.prediction(), self.iou()
+        known = np.zeros_like(pred) if truth is None else truth
+        axes[1].imshow(known, cmap="gray", vmin=0, vmax=1)
+        axes[1].set_title("ground truth" if truth is not None else "no mask in this data")
+        overlap = np.zeros((*pred.shape, 3))
+        overlap[pred & known] = (0.1, 0.8, 0.1)  # green: hit
+        overlap[pred & ~known] = (0.9, 0.2, 0.1)  # red: false alarm (every detection, without masks)
+        overlap[~pred & known] = (0.2, 0.3, 0.9)  # blue: missed
         axes[2].imshow(overlap)
-        axes[2].set_title(f"prediction > {self.threshold:.3g}: IoU {self.iou():.3f}")
+        axes[2].set_title(f"prediction > {self.threshold:.3g}" + ("" if iou is None else f": IoU {iou:.3f}"))
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -168,7 +179,7 @@ class MapExplorer:
         run = w.Dropdown(options=list(self.runs), value=self.run, description="run")
         image = w.IntSlider(value=self.index, min=0, max=self.n_images - 1, description="image")
         view = w.Dropdown(options=self.views, value=self.view, description="view")
-        maps = self.saved["maps"]
+        maps = self.saved.maps
         threshold = w.FloatSlider(value=self.threshold, min=float(maps.min()), max=float(maps.max()),
                                   step=float(maps.max() - maps.min()) / 200 or 0.01, description="threshold",
                                   readout_format=".3g")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-LOSS_KINDS = ("pixel_cosine", "flat_cosine")
+from .config import LOSS_KINDS
 
 
 def cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,21 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .config import SCALE_FUSIONS, STUDENT_FUSIONS
 from .losses import cosine_distance
 
-SCALE_FUSIONS = ("sum", "mean", "product")
-STUDENT_FUSIONS = ("sum", "mean", "max")
+_REDUCTIONS = {
+    "sum": lambda x: x.sum(1, keepdim=True),
+    "mean": lambda x: x.mean(1, keepdim=True),
+    "product": lambda x: x.prod(1, keepdim=True),
+    "max": lambda x: x.amax(1, keepdim=True),
+}
+
+
+def _reduce(x: torch.Tensor, how: str, allowed: tuple[str, ...], what: str) -> torch.Tensor:
+    if how not in allowed:
+        raise ValueError(f"unknown {what} '{how}'; choose one of {', '.join(allowed)}")
+    return _REDUCTIONS[how](x)
 
 
 @dataclass
@@ -64,25 +75,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def fuse_scales(per_scale: torch.Tensor, how: str = "sum", scales: Sequence[int] | None = None) -> torch.Tensor:
     """B x S x H x W -> B x 1 x H x W over the chosen scale indices (0 = finest)."""
-    x = per_scale if scales is None else per_scale[:, list(scales)]
-    if how == "sum":
-        return x.sum(1, keepdim=True)
-    if how == "mean":
-        return x.mean(1, keepdim=True)
-    if how == "product":
-        return x.prod(1, keepdim=True)
-    raise ValueError(f"unknown scale fusion '{how}'; choose one of {', '.join(SCALE_FUSIONS)}")
+    return _reduce(per_scale if scales is None else per_scale[:, list(scales)], how, SCALE_FUSIONS, "scale fusion")
 
 
 def fuse_students(stacked: torch.Tensor, how: str = "sum") -> torch.Tensor:
     """B x K x H x W -> B x 1 x H x W."""
-    if how == "sum":
-        return stacked.sum(1, keepdim=True)
-    if how == "mean":
-        return stacked.mean(1, keepdim=True)
-    if how == "max":
-        return stacked.amax(1, keepdim=True)
-    raise ValueError(f"unknown student fusion '{how}'; choose one of {', '.join(STUDENT_FUSIONS)}")
+    return _reduce(stacked, how, STUDENT_FUSIONS, "student fusion")
 
 
 def image_score(amap: torch.Tensor, topk: int = 0) -> torch.Tensor:

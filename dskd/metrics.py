@@ -95,15 +95,9 @@ def _regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return w, n_regions
 
 
-def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20, valid=None):
-    """Yield the exact PRO curve as consecutive (fpr, pro, threshold) arrays, thresholds decreasing.
-
-    Only defect-free pixels move the FPR, so the curve's corners sit at their distinct scores u: there it
-    steps from (FPR(> u), PRO(> u)) to (FPR(>= u), PRO(>= u)); the PRO side comes from a prefix sum over the
-    sorted defect pixels. Pixels below the score where the FPR reaches `fpr_limit` are never sorted, and
-    the corners are produced a chunk at a time, so memory stays near twice the maps'. Pixels outside `valid`
-    (padding) are neither defect-free nor defective: they do not count.
-    """
+def _pro_inputs(masks, maps, fpr_limit: float, valid=None):
+    """Sorted defect scores with the prefix sums of their region weights, and the defect-free scores that can
+    matter below `fpr_limit`, sorted descending (with how many defect-free pixels there are in all)."""
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float32)
     masks, maps = masks.reshape(-1, *masks.shape[-2:]), maps.reshape(-1, *maps.shape[-2:])
@@ -114,8 +108,7 @@ def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20, valid=Non
         raise ValueError("AUPRO needs at least one defect region in the masks")
     defect = maps[masks]
     order = np.argsort(defect, kind="stable")
-    defect = defect[order]
-    cum_w = np.r_[0.0, np.cumsum(weights[order])]
+    defect, cum_w = defect[order], np.r_[0.0, np.cumsum(weights[order])]
     del order, weights
     normal = maps[~masks] if valid is None else maps[~masks & np.asarray(valid, bool).reshape(masks.shape)]
     n_normal = normal.size
@@ -123,9 +116,21 @@ def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20, valid=Non
         raise ValueError("AUPRO needs defect-free pixels to measure false positives")
     k = min(n_normal, max(1, int(np.ceil(fpr_limit * n_normal))))
     normal.partition(n_normal - k)
-    floor = normal[n_normal - k]
-    normal = normal[normal >= floor]
+    normal = normal[normal >= normal[n_normal - k]]
     normal[::-1].sort()  # descending, in place
+    return defect, cum_w, normal, n_normal
+
+
+def _pro_segments(masks, maps, fpr_limit: float, chunk: int = 1 << 20, valid=None):
+    """Yield the exact PRO curve as consecutive (fpr, pro, threshold) arrays, thresholds decreasing.
+
+    Only defect-free pixels move the FPR, so the curve's corners sit at their distinct scores u: there it
+    steps from (FPR(> u), PRO(> u)) to (FPR(>= u), PRO(>= u)); the PRO side comes from a prefix sum over the
+    sorted defect pixels. Pixels below the score where the FPR reaches `fpr_limit` are never sorted, and
+    the corners are produced a chunk at a time, so memory stays near twice the maps'. Pixels outside `valid`
+    (padding) are neither defect-free nor defective: they do not count.
+    """
+    defect, cum_w, normal, n_normal = _pro_inputs(masks, maps, fpr_limit, valid)
     yield np.zeros(1), np.zeros(1), np.full(1, np.inf)
     n_gt_carry = 0
     for start in range(0, normal.size, chunk):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .backbones import build_teacher
-from .config import ModelConfig
+from .config import N_SCALES, ModelConfig
 from .errors import DskdError
 from .losses import pyramid_loss
 from .maps import AnomalyOutput, fuse, native_maps, upsample_scales
@@ -50,7 +50,7 @@ class DSKD(nn.Module):
             self.embed = PlainBridge(source_channels) if cfg.variant == "dskd_no_df" else DFEmbedding(source_channels)
             self.sd = InvertedStudent(tc)
         # Per student and scale: (location, spread) applied to the maps before fusion; identity until fitted.
-        norm = torch.zeros(len(cfg.students), 2, 3)
+        norm = torch.zeros(len(cfg.students), 2, N_SCALES)
         norm[:, 1] = 1.0
         self.register_buffer("map_norm_stats", norm)
         self.inference_only = False

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import PROFILES
+from .errors import DskdError
 from .files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool) -> tu
         minutes
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="./run_all.sh",
         description="Regenerate every table and figure by running the notebooks with papermill. With no "
@@ -74,17 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
     p.add_argument("--out", default=str(REPO / "results"), help="results folder (default: results/)")
-    args = p.parse_args(argv)
+    return p
 
+
+def _chosen(only: list[str] | None) -> list[Path]:
     notebooks = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
-    if args.only:
-        chosen = [nb for nb in notebooks if any(nb.stem == o or nb.stem.startswith(o) for o in args.only)]
-        unknown = [o for o in args.only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
-        if unknown:
-            print(f"error: no notebook matches {unknown}; known: {', '.join(nb.stem for nb in notebooks)}",
-                  file=sys.stderr)
-            return 2
-        notebooks = chosen
+    if not only:
+        return notebooks
+    unknown = [o for o in only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
+    if unknown:
+        raise DskdError(f"no notebook matches {unknown}; known: {', '.join(nb.stem for nb in notebooks)}")
+    return [nb for nb in notebooks if any(nb.stem == o or nb.stem.startswith(o) for o in only)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        notebooks = _chosen(args.only)
+        if args.data_root and not Path(args.data_root).is_dir():
+            raise DskdError(f"--data-root {args.data_root} does not exist; pass the folder that holds the datasets")
+    except DskdError as exc:  # said before anything runs
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out_dir = Path(args.out).resolve()
     params = {"profile": args.profile, "out_dir": str(out_dir)}
     if args.data_root:

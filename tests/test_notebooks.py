@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from dskd import runall
+from dskd import archive, runall
+from dskd.config import ModelConfig
 from dskd.explorer import MapExplorer
-from dskd.files import atomic_write
 
 from .conftest import REPO
 
@@ -65,18 +65,15 @@ def fake_run(tmp_path):
     masks[1, 4:12, 4:12] = True  # 64 defect pixels
     maps = np.zeros((n, s, s), np.float32)
     maps[1, 4:12, 4:16] = 1.0  # 96 predicted pixels, 64 of them right: IoU 64/96
-    arrays = {
-        "images": np.zeros((n, s, s, 3), np.uint8), "masks": masks, "labels": np.array([0, 1, 0]),
-        "scores": maps.reshape(n, -1).max(1), "maps": maps.astype(np.float16), "students": np.array(["se", "sd"]),
-        "paths": np.array(["a.png", "b.png", "c.png"]), "defect_types": np.array(["good", "hole", "good"]),
-        "threshold": np.float32(0.5), "norm": np.zeros((2, 2, 3), np.float32),
-    }
-    for name in ("se", "sd"):
-        arrays[f"student_{name}"] = maps.astype(np.float16) * (2 if name == "sd" else 1)
-        for j, f in enumerate((4, 8, 16)):
-            arrays[f"scale{j}_{name}"] = maps[:, ::f, ::f]
+    maps16 = maps.astype(np.float16)
+    saved = archive.SavedMaps(
+        images=np.zeros((n, s, s, 3), np.uint8), masks=masks, labels=np.array([0, 1, 0]),
+        scores=maps.reshape(n, -1).max(1), maps=maps16, paths=["a.png", "b.png", "c.png"],
+        defect_types=["good", "hole", "good"], threshold=0.5, per_student={"se": maps16, "sd": maps16 * 2},
+        per_scale={name: [maps[:, ::f, ::f] for f in (4, 8, 16)] for name in ("se", "sd")},
+        norm=np.zeros((2, 2, 3), np.float32), fusion=archive.SavedMaps.fusion_of(ModelConfig()))
     run = tmp_path / "run"
-    atomic_write(run / "maps.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays))
+    archive.save(run / "maps.npz", saved)
     return run
 
 

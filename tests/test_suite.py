@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -5,7 +7,7 @@ from dskd import DskdError, suite
 
 
 def test_quick_profile_skips_an_absent_benchmark_and_paper_refuses(tmp_path):
-    exp = suite.experiment("mvtec_ad", "quick", data_root=str(tmp_path), out_dir=tmp_path)
+    exp = suite.experiment(dataset="mvtec_ad", profile="quick", data_root=str(tmp_path), out_dir=tmp_path)
     assert exp.skipped and "dataset not found at" in exp.skipped and not exp.categories
     runs = suite.run_grid(exp, ["dskd"])
     assert runs.empty
@@ -13,11 +15,11 @@ def test_quick_profile_skips_an_absent_benchmark_and_paper_refuses(tmp_path):
                   suite.multiscale_ablation(runs, exp), suite.per_defect_table(runs, exp)):
         assert table["note"].iloc[0].startswith("skipped: dataset not found at")
     with pytest.raises(DskdError, match="download"):
-        suite.experiment("mvtec_ad", "paper", data_root=str(tmp_path))
+        suite.experiment(dataset="mvtec_ad", profile="paper", data_root=str(tmp_path))
 
 
 def test_demo_profile_labels_the_stand_in():
-    exp = suite.experiment("mt_defects", "demo")
+    exp = suite.experiment(dataset="mt_defects", profile="demo")
     assert exp.stand_in and exp.data_name == "synthetic" and exp.categories == ["stripes", "grid", "noise"]
     assert "standing in for MT Defects" in exp.describe() and "3 epochs" in exp.describe()
 
@@ -29,7 +31,7 @@ def test_tables_average_categories_per_seed_then_report_std_over_seeds():
             rows.append({"category": cat, "method": "dskd", "seed": seed, "image_auroc": v, "pixel_auroc": v,
                          "aupro": v, "train_minutes": 1.0, "per_defect_image_auroc": {}})
     runs = pd.DataFrame(rows)
-    exp = suite.Experiment("mvtec_ad", "quick", "-", ["carpet", "bottle"], [0, 1], suite.Path("."))
+    exp = suite.Experiment("mvtec_ad", "quick", "-", ["carpet", "bottle"], [0, 1], Path("."))
     table = suite.benchmark_table(exp, runs)
     assert table.loc["carpet", "image_auroc / dskd"] == "85.0 ± 5.0"
     assert table.loc["texture mean", "image_auroc / dskd"] == "85.0 ± 5.0"  # carpet is a texture

@@ -1,0 +1,133 @@
+"""Experiments: what a notebook's parameters mean under a profile, and the grid of runs it needs.
+
+A notebook says which dataset and methods it wants; `experiment` decides what that means under a profile
+(`demo` swaps every benchmark for the synthetic textures and says so) and `run_grid` trains only the runs it
+lacks, then evaluates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import archive
+from .config import PROFILES, RunConfig, profile_config
+from .data import categories as present_categories
+from .data import get_dataset
+from .errors import DskdError
+from .evaluation import evaluate
+from .methods import get_method
+from .runs import RunDir
+from .training import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Experiment:
+    """One dataset under one profile: which categories, which settings, where results go."""
+
+    dataset: str  # the benchmark the notebook is about
+    profile: str
+    data_root: str
+    categories: list[str]
+    seeds: list[int]
+    out_dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    stand_in: bool = False  # True when the synthetic textures stand in for the benchmark (demo profile)
+    skipped: str | None = None  # why nothing was run (quick profile, data absent)
+
+    @property
+    def data_name(self) -> str:
+        return "synthetic" if self.stand_in else self.dataset
+
+    @property
+    def label(self) -> str:
+        title = get_dataset(self.dataset).title
+        return f"synthetic textures standing in for {title} ({self.profile} profile)" if self.stand_in else title
+
+    def config(self, category: str, seed: int, **method: Any) -> RunConfig:
+        return profile_config(self.profile, dataset=self.data_name, category=category, data_root=self.data_root,
+                              seed=seed, **{**self.overrides, **method})
+
+    def only(self, *categories: str) -> Experiment:
+        return dataclasses.replace(self, categories=list(categories))
+
+    def describe(self) -> str:
+        cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("cpu")
+        return (f"{self.label}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
+                f"batch {cfg.batch_size}, {cfg.precision}, seeds {', '.join(map(str, self.seeds))}, "
+                f"profile '{self.profile}'")
+
+
+def experiment(*, dataset: str, profile: str = "demo", data_root: str | None = None,
+               categories: Sequence[str] | None = None, seeds: Sequence[int] = (0,), out_dir: str | Path = "results",
+               **overrides: Any) -> Experiment:
+    """Resolve a notebook's parameters; `overrides` are any settings (backbone, image_size, epochs, ...; None
+    keeps the profile's). Under `demo` and `test` the synthetic textures stand in for the benchmark; under
+    `quick` an absent benchmark is skipped (and said so); under `paper` it is an error."""
+    if profile not in PROFILES:
+        raise DskdError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
+    spec, out_dir = get_dataset(dataset), Path(out_dir)
+    extra = {k: v for k, v in overrides.items() if v is not None}
+    root = data_root or str(out_dir / "data")
+    base = dict(dataset=dataset, profile=profile, data_root=root, seeds=list(seeds), out_dir=out_dir, overrides=extra)
+    if PROFILES[profile].get("dataset") == "synthetic" or dataset == "synthetic":
+        cats = list(categories or get_dataset("synthetic").categories)
+        return Experiment(categories=cats[:1] if profile == "test" else cats, stand_in=dataset != "synthetic", **base)
+    try:
+        found = present_categories(dataset, root)
+    except DskdError:
+        found = []
+    wanted = list(categories or spec.categories or found)
+    missing = [c for c in wanted if c not in found] or ([] if wanted else ["any category"])
+    if missing:
+        where = f"{root} (looked for {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''})"
+        if profile == "paper":
+            raise DskdError(f"{spec.title} not found at {where}; download it with "
+                            f"'python -m dskd.data download {dataset} --root {root}'")
+        reason = f"dataset not found at {where}"
+        log.warning("%s: %s", spec.title, reason)
+        wanted = [c for c in wanted if c in found]
+        if not wanted:
+            return Experiment(categories=[], skipped=reason, **base)
+    return Experiment(categories=wanted, **base)
+
+
+def evaluated(run: RunDir) -> dict[str, Any]:
+    """Metrics of a run, evaluating it (and saving its maps) only when that was not done since training with
+    the current archive schema."""
+    if run.metrics_file.is_file() and run.maps_file.is_file() and \
+            run.metrics_file.stat().st_mtime >= run.checkpoint.stat().st_mtime and \
+            archive.version(run.maps_file) == archive.VERSION:
+        return run.metrics()
+    return evaluate(run, save_maps=True)
+
+
+def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("dskd",),
+             quiet: bool = True) -> pd.DataFrame:
+    """Train (if needed) and evaluate every category x method x seed; one row per run."""
+    if not isinstance(methods, Mapping):
+        methods = {m: get_method(m).overrides for m in methods}
+    rows = []
+    for category in exp.categories:
+        for name, method in methods.items():
+            for seed in exp.seeds:
+                t0 = time.perf_counter()
+                run = fit(exp.config(category, seed, **method), runs_root=exp.out_dir / "runs", quiet=quiet)
+                metrics = evaluated(run)
+                rows.append({
+                    "category": category, "method": name, "seed": seed,
+                    **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+                    "per_defect_image_auroc": metrics.get("per_defect_image_auroc", {}),
+                    "train_minutes": run.info().get("train_minutes"), "run": str(run.path),
+                    "wall_seconds": round(time.perf_counter() - t0, 1),
+                })
+    return pd.DataFrame(rows)
