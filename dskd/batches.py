@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import AnomalyDataset
+from .errors import DskdError
 from .maps import AnomalyOutput
 from .model import DSKD
 from .runs import autocast
@@ -17,24 +18,38 @@ from .runs import autocast
 
 def preload(dataset: AnomalyDataset, workers: int = 2, desc: str = "loading",
             quiet: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images (N x 3 x S x S uint8) and masks (N x S x S bool) decoded once, in parallel."""
+    """All images (N x 3 x S x S uint8) and masks (N x S x S bool) decoded once, in parallel, before anything
+    trains. Every unreadable file is collected and reported in one message, never as a worker's traceback."""
     n, s = len(dataset), dataset.image_size
     images = torch.empty(n, 3, s, s, dtype=torch.uint8)
     masks = torch.empty(n, s, s, dtype=torch.bool)
+    failed: list[str] = []
     loader = DataLoader(range(n), batch_size=16, num_workers=min(workers, n), collate_fn=_DecodeBatch(dataset))
-    for idx, img, mask in tqdm(loader, desc=desc, leave=False, disable=quiet or n < 64):
+    for idx, img, mask, errors in tqdm(loader, desc=desc, leave=False, disable=quiet or n < 64):
         images[idx], masks[idx] = img, mask
+        failed += errors
+    if failed:
+        shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise DskdError(f"{len(failed)} unreadable file(s) in {dataset.where}: {shown}; re-extract or remove them")
     return images, masks
 
 
 class _DecodeBatch:
+    """Decodes a batch of samples in a worker; a file that cannot be read becomes a message, not an exception."""
+
     def __init__(self, dataset: AnomalyDataset) -> None:
         self.dataset = dataset
 
     def __call__(self, idx: list[int]):
-        pairs = [self.dataset.load_uint8(i) for i in idx]
-        img = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2)
-        return torch.tensor(idx), img, torch.from_numpy(np.stack([p[1] for p in pairs]))
+        s, errors = self.dataset.image_size, []
+        img = np.zeros((len(idx), s, s, 3), np.uint8)
+        mask = np.zeros((len(idx), s, s), bool)
+        for k, i in enumerate(idx):
+            try:
+                img[k], mask[k] = self.dataset.load_uint8(i)
+            except DskdError as exc:
+                errors.append(str(exc).split("; re-extract")[0])
+        return torch.tensor(idx), torch.from_numpy(img).permute(0, 3, 1, 2), torch.from_numpy(mask), errors
 
 
 def valid_tensor(dataset: AnomalyDataset) -> torch.Tensor | None:

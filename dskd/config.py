@@ -34,9 +34,9 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def _backbones() -> list[str]:
-    from .backbones import list_backbones
+    from .backbones import BACKBONES  # registries are read when asked: they import torch
 
-    return list_backbones()
+    return list(BACKBONES)
 
 
 def _datasets() -> list[str]:
@@ -56,7 +56,7 @@ def setting(default: Any = None, help: str = "", choices: Sequence | Callable[[]
 
 def choices_of(f: dataclasses.Field) -> tuple | None:
     c = f.metadata.get("choices")
-    return tuple(c() if callable(c) else c) if c is not None else None
+    return None if c is None else tuple(c() if callable(c) else c)
 
 
 def _check_choices(obj: Any) -> None:
@@ -96,8 +96,7 @@ class ModelConfig:
             raise DskdError(f"scale_weights needs {N_SCALES} values, got {self.scale_weights!r}")
         if self.sigma < 0 or self.score_topk < 0:
             raise DskdError(f"sigma ({self.sigma}) and score_topk ({self.score_topk}) must not be negative")
-        source = self.df_source
-        if source == "none" and self.variant != "se_only":
+        if (source := self.df_source) == "none" and self.variant != "se_only":
             raise DskdError(f"variant '{self.variant}' needs df_source 'auto' or one of {', '.join(DF_SOURCES)}, "
                             "not 'none'")
         if source == "auto":
@@ -110,10 +109,9 @@ class ModelConfig:
             source = "none"
         return dataclasses.replace(self, df_source=source, scale_weights=tuple(map(float, self.scale_weights)))
 
-    @property
+    @property  # the students this variant trains
     def students(self) -> tuple[str, ...]:
-        return {"dskd": ("se", "sd"), "se_only": ("se",), "sd_only": ("sd",), "dskd_no_df": ("se", "sd")}[
-            self.variant]
+        return ("se",) if self.variant == "se_only" else ("sd",) if self.variant == "sd_only" else ("se", "sd")
 
 
 @dataclass(frozen=True)
@@ -130,8 +128,7 @@ STFPM_SGD = OptimConfig(name="sgd", lr=0.4, momentum=0.9, weight_decay=1e-4)
 RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
 
 # Fields added after runs had been published, with the value those runs implicitly had: left out of a run's
-# fingerprint while at that value, so that earlier runs keep their names. (Earlier CUDA runs trained in bfloat16
-# and do get new names: their weights were not float32 weights.)
+# fingerprint at that value, so earlier runs keep their names (earlier CUDA runs, in bfloat16, get new ones).
 FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
                                                   ("recalibrate_bn",): False, ("precision",): "float32"}
 
@@ -190,20 +187,14 @@ class RunConfig:
         def build(kind: type, values: dict[str, Any]) -> Any:
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-        d = dict(d)
         nested = {"model": ModelConfig, "se_optim": OptimConfig, "sd_optim": OptimConfig}
-        return cls(**{k: build(kind, d.pop(k)) for k, kind in nested.items()}, **d)
+        return cls(**{k: build(nested[k], v) if k in nested else v for k, v in d.items()})
 
     def fingerprint(self) -> str:
         """Hash of what determines the trained weights (not the device, which only changes speed)."""
-        d = self.with_device("any").to_dict()
-        d.pop("device")
-        d.pop("profile")
-        for path, default in FIELDS_ADDED_LATER.items():
-            *parents, key = path
-            holder = d
-            for p in parents:
-                holder = holder[p]
+        d = {k: v for k, v in self.with_device("any").to_dict().items() if k not in ("device", "profile")}
+        for (*parents, key), default in FIELDS_ADDED_LATER.items():
+            holder = d[parents[0]] if parents else d
             if holder[key] == default:
                 del holder[key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -240,13 +231,11 @@ class RunConfig:
                                    **{k: v for k, v in overrides.items() if k in run_keys})
 
 
-# Profiles are small overrides of the defaults above.
 PROFILES: dict[str, dict[str, Any]] = {
     # The offline demo: synthetic textures, small images, a few epochs; every table within minutes on a CPU.
     "demo": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=128, epochs=3, batch_size=8),
-    # Real data on a CPU with the offline teacher: 64 px x 8 epochs won MT Defects' image and pixel AUROC at an
-    # hour for 15 runs (docs/findings.md sections 7 and 11), at a cost in AUPRO (maps 4x coarser). Pass
-    # --image-size 128 or larger where small defects matter.
+    # Real data on a CPU, offline teacher: 64 px x 8 epochs won MT Defects' image and pixel AUROC at an hour for
+    # 15 runs, at a cost in AUPRO (docs/findings.md sections 7, 11). Use --image-size 128+ for small defects.
     "quick": dict(backbone="efficientnet_lite0", image_size=64, epochs=8, batch_size=8),
     # The paper's teacher; the training recipe is Reverse Distillation's (the DSKD paper's own is not available).
     "paper": dict(backbone="resnet18", image_size=256, epochs=200, batch_size=16, se_optim=RD_ADAM, sd_optim=RD_ADAM),

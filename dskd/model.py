@@ -92,15 +92,23 @@ class DSKD(nn.Module):
         if self.se is not None:
             se_raw, out["se"] = self.se(x)
         if self.sd is not None:
-            cfg = self.config
-            source = teacher
-            if cfg.df_source != "teacher":
-                seen = se_raw if cfg.df_input == "raw" else out["se"]
-                if cfg.df_detach:
-                    seen = [f.detach() for f in seen]
-                source = seen if cfg.df_source == "se" else [torch.cat(p, 1) for p in zip(teacher, seen, strict=True)]
-            out["sd"] = self.sd(self.embed(source))
+            out["sd"] = self.sd(self.embed(self.df_embedding_input(teacher, se_raw, out.get("se"))))
         return teacher, out
+
+    def df_embedding_input(self, teacher: Pyramid, se_raw: Pyramid | None, se_pred: Pyramid | None) -> Pyramid:
+        """What the DF embedding reads: where the two students interact.
+
+        `df_source="teacher"`: the teacher's pyramid (Reverse Distillation; no interaction). `"se"`: Se's pyramid,
+        its own features (`df_input="raw"`) or its predictions of the teacher's (`"predicted"`), so that Sd rebuilds
+        the teacher from what Se saw and Sd's loss also trains Se, unless `df_detach` stops that gradient.
+        `"both"`: the teacher's and Se's pyramids concatenated per scale."""
+        cfg = self.config
+        if cfg.df_source == "teacher":
+            return teacher
+        seen = se_raw if cfg.df_input == "raw" else se_pred
+        if cfg.df_detach:
+            seen = [f.detach() for f in seen]
+        return seen if cfg.df_source == "se" else [torch.cat(p, 1) for p in zip(teacher, seen, strict=True)]
 
     def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         teacher, students = self(images)

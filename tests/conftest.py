@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MT_ROOT = SHARED_DATA / "mt_defects"
 MT_SPLIT = MT_ROOT / "splits" / "differnet_train_free.txt"
+BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"  # real MVTec AD images, without ground truth
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +26,7 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+needs_bottle = pytest.mark.skipif(not (BOTTLE / "train" / "good").is_dir(), reason=f"{BOTTLE} not found")
 needs_mt = pytest.mark.skipif(not (MT_ROOT / "MT_Free").is_dir(), reason=f"MT Defects not found at {MT_ROOT}")
 
 
@@ -42,3 +45,15 @@ def mt(tmp_path) -> Path:
     mask[10:20, 5:15] = 255
     Image.fromarray(mask).save(crack / "c0.png")
     return tmp_path
+
+
+@pytest.fixture
+def bottle(tmp_path) -> Path:
+    """A small copy of the real bottle category: 24 training images, 4 good and 4 broken test images."""
+    root = tmp_path / "mvtec_ad" / "bottle"
+    picks = {"train/good": 24, "test/good": 4, "test/broken_large": 4}
+    for sub, n in picks.items():
+        (root / sub).mkdir(parents=True)
+        for p in sorted((BOTTLE / sub).glob("*.png"))[:n]:
+            shutil.copy(p, root / sub / p.name)
+    return tmp_path / "mvtec_ad"

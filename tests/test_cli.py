@@ -21,6 +21,7 @@ def _cli(*args, cwd):
 
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_predict_end_to_end(data_root, tmp_path):
     run = tmp_path / "run"
     r = _cli("train", "--profile", "test", "--dataset", "synthetic", "--category", "grid", "--data-root", data_root,

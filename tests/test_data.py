@@ -6,7 +6,7 @@ from dskd.data import categories, load_dataset
 from dskd.data.download import safe_extract
 from dskd.data.synthetic import CATEGORIES, ensure_synthetic
 
-from .conftest import MT_ROOT, MT_SPLIT, needs_mt
+from .conftest import MT_ROOT, MT_SPLIT, SHARED_DATA, needs_mt
 
 
 def _png(path, arr):
@@ -214,3 +214,46 @@ def test_real_mt_defects_counts_and_splits():
     listed_test = load_dataset("mt_defects", MT_ROOT, "mt_defects", "test", 64, split_file=MT_SPLIT)
     assert len(listed_train) == 761 and len(listed_test) == 191 + 392
     assert categories("mt_defects", MT_ROOT.parent) == ["mt_defects"]
+
+
+def test_mpdd_without_a_direct_link_says_where_to_get_it(tmp_path, capsys):
+    from dskd.data.__main__ import main
+
+    assert main(["download", "mpdd", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "github.com/stepanje/MPDD" in err and str(tmp_path / "MPDD.zip") in err
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mpdd" / "metal_plate").is_dir(), reason="shared MPDD data absent")
+def test_real_mpdd_loads_with_masks():
+    assert categories("mpdd", SHARED_DATA) == ["metal_plate"]
+    train = load_dataset("mpdd", SHARED_DATA, "metal_plate", "train", 64)
+    test = load_dataset("mpdd", SHARED_DATA, "metal_plate", "test", 64)
+    assert len(train) == 50 and len(test) == 111 and sum(test.labels) == 81 and test.has_masks
+    assert sum(test[i]["mask"].sum() > 0 for i in range(len(test)) if test.samples[i].label) == 81
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mvtec_ad" / "bottle").is_dir(), reason="shared bottle data absent")
+def test_real_bottle_without_ground_truth_is_image_level_only():
+    test = load_dataset("mvtec_ad", SHARED_DATA, "bottle", "test", 64)
+    assert len(test) == 83 and sum(test.labels) == 63 and not test.has_masks
+    assert set(test.defect_types) == {"good", "broken_large", "broken_small", "contamination"}
+
+
+def test_own_folder_dataset(tmp_path):
+    root = tmp_path / "parts" / "washer"
+    for sub, n in (("good", 10), ("scratch", 2), ("dent", 1)):
+        (root / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((40, 40, 3), 100 + i, np.uint8)).save(root / sub / f"{sub}{i}.png")
+    assert categories("folder", tmp_path / "parts") == ["washer"]
+    train = load_dataset("folder", tmp_path / "parts", "washer", "train", 32)
+    test = load_dataset("folder", tmp_path / "parts", "washer", "test", 32)
+    assert len(train) == 8 and len(test) == 2 + 3 and not test.has_masks  # seeded 80/20 of good/
+    assert {s.path.name for s in train.samples}.isdisjoint(s.path.name for s in test.samples)
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 40), 255, np.uint8)).save(root / "ground_truth/scratch" / f"scratch{i}_mask.png")
+    (root / "ground_truth" / "dent").mkdir()
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(root / "ground_truth/dent/dent0_mask.png")
+    assert load_dataset("folder", tmp_path / "parts", "washer", "test", 32).has_masks

@@ -1,11 +1,17 @@
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import dskd
 from dskd.config import profile_config
+from dskd.evaluation import evaluate
 from dskd.training import fit
+
+from .conftest import needs_bottle
 
 
 def test_map_statistics_and_threshold_leave_padding_out():
@@ -46,3 +52,31 @@ def test_pad_mode_scores_and_metrics_see_only_the_image(mt, tmp_path):
     again = all_metrics(saved["labels"], saved["scores"], saved["masks"], maps, valid=valid)
     assert result["pixel_auroc"] == pytest.approx(again["pixel_auroc"], abs=1e-2)
 
+
+
+@needs_bottle
+def test_data_without_masks_gives_image_metrics_and_absent_pixel_metrics(bottle, tmp_path, caplog):
+    """Real MVTec AD bottle images without ground truth: image-level metrics, pixel metrics null with one warning,
+    '—' in tables, and an explorer that shows no IoU."""
+    from dskd import archive, suite
+    from dskd.explorer import MapExplorer
+
+    cfg = profile_config("test", dataset="mvtec_ad", category="bottle", data_root=str(bottle))
+    run = fit(cfg, tmp_path / "run", quiet=True)
+    with caplog.at_level("WARNING"):
+        result = evaluate(run, save_maps=True, device="cpu")
+    assert [r.message for r in caplog.records if "no pixel masks" in r.message]
+    assert result["pixel_auroc"] is None and result["aupro"] is None and result["pixel_f1_max"] is None
+    assert json.loads((run.path / "metrics.json").read_text())["aupro"] is None
+    assert 0 < result["image_auroc"] <= 1 and set(result["per_defect_image_auroc"]) == {"broken_large"}
+    saved = archive.load(run.path)
+    assert saved.masks is None
+    runs = pd.DataFrame([{"category": "bottle", "method": "dskd", "seed": 0, **result, "train_minutes": 0.1,
+                          "run": str(run.path)}])
+    exp = suite.Experiment("mvtec_ad", "quick", str(bottle), ["bottle"], [0], tmp_path)
+    table = suite.benchmark_table(exp, runs)
+    assert table.loc["bottle", "pixel_auroc / dskd"] == "—" and table.loc["bottle", "image_auroc / dskd"] != "—"
+    assert suite.method_table(runs, exp).loc["dskd", "aupro"] == "—"
+    ex = MapExplorer({"bottle": run.path})
+    assert ex.iou() is None and "IoU —" in ex.describe()
+    ex.figure()

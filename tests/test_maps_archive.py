@@ -4,8 +4,8 @@ import pytest
 from dskd import DskdError, archive, suite
 from dskd.config import ModelConfig, profile_config
 from dskd.evaluation import evaluate
-from dskd.metrics import all_metrics
 from dskd.methods import METHODS
+from dskd.metrics import all_metrics
 from dskd.training import fit
 
 

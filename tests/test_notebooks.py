@@ -26,6 +26,7 @@ def test_notebooks_committed_clean_with_parameters_cell():
             assert f"{name} =" in "".join(params[0]["source"]), (path.name, name)
 
 
+@pytest.mark.slow
 def test_every_notebook_executes_under_the_test_profile(tmp_path):
     code = runall.main(["--profile", "test", "--out", str(tmp_path), "--jobs", "2"])
     assert code == 0, [p.read_text()[-2000:] for p in (tmp_path / "notebooks").glob("*.log")]

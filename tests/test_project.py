@@ -29,3 +29,18 @@ def test_readme_states_the_two_commands_and_ci_runs_the_tests():
     readme = (REPO / "README.md").read_text()
     assert "./run_all.sh" in readme and "./run_tests.sh" in readme
     assert "run_tests.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_modules_and_functions_stay_small():
+    """One job per module: no module over 250 lines, no function over 45 (the structure issue's rule)."""
+    import ast
+
+    too_long = []
+    for path in sorted((REPO / "dskd").rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 250:
+            too_long.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 45:
+                too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long

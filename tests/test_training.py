@@ -16,6 +16,7 @@ def _cfg(data_root, **kw):
 
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(data_root, tmp_path, monkeypatch):
     # The cosine schedule is the case that could go wrong: its rate must continue where it stopped.
     cfg = _cfg(data_root, epochs=2, variant="dskd", lr_schedule="cosine")
@@ -74,6 +75,7 @@ engine.fit(profile_config("test", data_root=sys.argv[1], epochs=3, variant="se_o
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_is_never_half_written(data_root, tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(data_root), str(out)], capture_output=True,

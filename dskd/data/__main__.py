@@ -1,4 +1,4 @@
-"""`python -m dskd.data download {mvtec_ad,mvtec3d,mt_defects} --root R`"""
+"""`python -m dskd.data download {mvtec_ad,mvtec3d,mt_defects,mpdd} --root R`"""
 
 from __future__ import annotations
 

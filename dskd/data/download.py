@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Source:
-    url: str
+    url: str | None  # None: the source is an interactive page (no direct link): the user downloads it by hand
     archive: str
     folder: str  # the folder the data ends in, under --root
     sha256: str | None  # None: the source publishes no checksum
@@ -42,6 +42,9 @@ SOURCES = {
         "https://github.com/abin24/Magnetic-tile-defect-datasets./archive/refs/heads/master.zip",
         "Magnetic-tile-defect-datasets.zip", "mt_defects", None,
         "https://github.com/abin24/Magnetic-tile-defect-datasets."),
+    # MPDD's authors publish it through an interactive SharePoint page linked from their repository; no direct
+    # archive link exists to fetch. Their layout is MVTec AD's, so extracting it under <root>/mpdd is all it takes.
+    "mpdd": Source(None, "MPDD.zip", "mpdd", None, "https://github.com/stepanje/MPDD"),
 }
 
 
@@ -106,6 +109,9 @@ def download(name: str, root: Path | str) -> Path:
     src, root = SOURCES[name], Path(root)
     root.mkdir(parents=True, exist_ok=True)
     archive = root / src.archive
+    if src.url is None and not archive.exists():
+        raise DskdError(f"{name} has no direct download; get it from {src.page}, save the archive as {archive} and "
+                        f"run this command again (or extract it to {root / src.folder})")
     if not archive.exists():
         try:
             fetch(src.url, archive)
