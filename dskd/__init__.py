@@ -1,28 +1,30 @@
-"""dskd: a reproducibility suite for Dual-Student Knowledge Distillation (Yao & Gao, 2024) anomaly detection."""
+"""dskd: a reproducibility suite for Dual-Student Knowledge Distillation (Yao & Gao, 2024) anomaly detection.
+
+Importing the package loads nothing heavy: the network, training and evaluation (PyTorch) load when first asked
+for, so that a line-side PC can predict with an exported model and ONNX Runtime or OpenVINO, without PyTorch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 
-from .backbones import list_backbones
 from .config import PROFILES, VARIANTS, ModelConfig, RunConfig, profile_config
 from .errors import DskdError
-from .maps import AnomalyOutput
-from .model import DSKD, build_model, count_parameters
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+_LAZY = {"list_backbones": "backbones", "AnomalyOutput": "maps", "DSKD": "model", "build_model": "model",
+         "count_parameters": "model", "fit": "training", "evaluate": "evaluation", "predict": "prediction",
+         "load_run": "runs", "RunDir": "runs", "export": "export"}
+
 
 def __getattr__(name: str):
-    # Training and evaluation pull in the data and metrics stacks; load it only when asked for.
-    lazy = {"fit": "training", "evaluate": "evaluation", "predict": "prediction", "load_run": "runs",
-            "RunDir": "runs"}
-    if name in lazy:
-        import importlib
-
-        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return module if name == _LAZY[name] else getattr(module, name)
     raise AttributeError(f"module 'dskd' has no attribute '{name}'")
 
 

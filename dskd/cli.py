@@ -1,4 +1,4 @@
-"""`python -m dskd {train,evaluate,predict}`: a thin layer over the library.
+"""`python -m dskd {train,evaluate,predict,export}`: a thin layer over the library.
 
 The `train` flags are generated from the settings dataclasses (`dskd.config`): every field is a flag with its
 choices, its help line and the chosen profile's value as the default shown in `--help`. Problems with arguments
@@ -16,6 +16,7 @@ import typing
 from typing import Any
 
 from .config import DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, choices_of, profile_config
+from .deploy import ENGINES, FORMATS
 from .errors import DskdError
 
 log = logging.getLogger("dskd")
@@ -71,7 +72,9 @@ def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
                                 metavar=None if choices_of(f) else name.upper(), help=help_text)
 
 
-def build_parser(profile: str = "quick") -> argparse.ArgumentParser:
+def build_parser(profile: str = "quick", settings: bool = True) -> argparse.ArgumentParser:
+    """The parser; `settings=False` leaves out train's generated flags, whose choices read the registries (which
+    import PyTorch), so that predicting from an exported model runs without it."""
     p = _Parser(prog="python -m dskd", description="Dual-Student Knowledge Distillation for anomaly detection.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -81,7 +84,8 @@ def build_parser(profile: str = "quick") -> argparse.ArgumentParser:
                                    "before --help to see another's).")
     t.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="base settings (default: quick)")
     t.add_argument("--lr", type=float, help="learning rate of both students' optimizers (shorthand)")
-    add_setting_flags(t, profile)
+    if settings:
+        add_setting_flags(t, profile)
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--wait", action="store_true", help="if another process trains --out, wait for it")
@@ -95,11 +99,22 @@ def build_parser(profile: str = "quick") -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=DEVICES)
 
     r = sub.add_parser("predict", help="anomaly maps and scores for your own images")
-    r.add_argument("--run", required=True)
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a trained run folder (PyTorch)")
+    source.add_argument("--model", help="an exported model: .onnx (ONNX Runtime or OpenVINO) or .xml (OpenVINO)")
+    r.add_argument("--engine", choices=ENGINES, help="default: torch for --run, else by the file's suffix")
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("--out", required=True)
     r.add_argument("--device", default="auto", choices=DEVICES)
     r.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+
+    x = sub.add_parser("export", help="the run's whole inference path in one file, for deployment without PyTorch")
+    x.add_argument("--run", required=True)
+    x.add_argument("--format", default="onnx", choices=FORMATS)
+    x.add_argument("--out", help="target file (default: RUN/model.onnx, .xml or .pt)")
+    x.add_argument("--image-size", type=int, help="input side (default: the run's)")
+    x.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size (default: dynamic)")
+    x.add_argument("--student-maps", action="store_true", help="also output each student's map")
     return p
 
 
@@ -144,12 +159,22 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .prediction import predict
 
-    rows = predict(args.run, args.inputs, args.out, device=args.device, strict=args.strict)
+    rows = predict(args.run, args.inputs, args.out, model=args.model, engine=args.engine, device=args.device,
+                   strict=args.strict)
     for row in rows:
-        verdict = "unreadable" if row["error"] else "ANOMALOUS" if row["is_anomalous"] else "ok"
-        print(f"{row['score'] if row['error'] else format(row['score'], '.5f')}\t{verdict}\t{row['path']}")
+        score = "" if row["error"] else format(row["score"], ".5f")
+        print(f"{score}\t{row['decision'] or 'unreadable'}\t{row['path']}")
     if not any(not row["error"] for row in rows):
         raise DskdError(f"none of the {len(rows)} image(s) could be read; see {args.out}/scores.csv")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    if args.batch != "dynamic" and not (args.batch.isdigit() and int(args.batch) > 0):
+        raise DskdError(f"--batch must be 'dynamic' or a positive whole number, not '{args.batch}'")
+    print(export(args.run, args.format, args.out, image_size=args.image_size,
+                 batch=None if args.batch == "dynamic" else int(args.batch), student_maps=args.student_maps))
 
 
 def _profile_in(argv: list[str]) -> str:
@@ -166,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        args = build_parser(_profile_in(argv)).parse_args(argv)
-        {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        command = next((a for a in argv if not a.startswith("-")), None)
+        args = build_parser(_profile_in(argv), settings=command in ("train", None)).parse_args(argv)
+        {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export}[args.command](args)
     except DskdError as exc:
         if debug:
             raise

@@ -14,7 +14,7 @@ from . import archive
 from .batches import maps_in_batches, preload, valid_tensor
 from .data import load_dataset
 from .files import write_json
-from .metrics import all_metrics
+from .metrics import all_metrics, f1_max_threshold
 from .runs import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
         "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
         "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
         "epochs": cfg.epochs, "seed": cfg.seed, "precision": loaded.precision, "run": str(loaded.run.path),
+        # predict's image-level decision: the F1-max threshold on this test split (a score at or above it is
+        # "defective"); before a run is evaluated, predict uses the training images' mean + 3 std instead.
+        "decision_threshold": f1_max_threshold(labels, scores), "decision_rule": "f1_max_on_test",
     }
     write_json(loaded.run.metrics_file, result)
     if save_maps:

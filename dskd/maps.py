@@ -6,6 +6,7 @@ rules never needs to retrain.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,24 +54,33 @@ def per_scale_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tens
     return upsample_scales(native_maps(teacher, student), size)
 
 
+def gaussian_weights(sigma: float, radius: int | None = None) -> list[float]:
+    """A normalized 1-D Gaussian, truncated at 4 sigma (or at `radius`), as plain numbers: the smoothing is then a
+    constant of an exported graph, not ops that build a kernel at run time."""
+    full = int(4.0 * sigma + 0.5)
+    r = full if radius is None else min(radius, full)
+    k = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-r, r + 1)]
+    return [v / sum(k) for v in k]
+
+
 def gaussian_kernel(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+    return torch.tensor(gaussian_weights(sigma), device=device, dtype=dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of every channel of a B x C x H x W batch (reflect padding)."""
+    """Separable Gaussian smoothing of every channel of a B x C x H x W batch (reflect padding; the kernel is cut
+    to the image where the image is smaller than it, as reflect padding needs). Channels are folded into the batch
+    and smoothed by one single-channel kernel: OpenVINO's CPU plugin stalls on the grouped-convolution form."""
     if sigma <= 0:
         return x
-    k = gaussian_kernel(sigma, x.device, x.dtype)
-    r, c = k.numel() // 2, x.shape[1]
-    r_h, r_w = min(r, x.shape[2] - 1), min(r, x.shape[3] - 1)  # reflect padding needs pad < size
-    kh = k[r - r_h: r + r_h + 1].view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    kw = k[r - r_w: r + r_w + 1].view(1, 1, 1, -1).expand(c, 1, 1, -1)
-    x = F.conv2d(F.pad(x, (0, 0, r_h, r_h), mode="reflect"), kh / kh.sum(dim=2, keepdim=True), groups=c)
-    return F.conv2d(F.pad(x, (r_w, r_w, 0, 0), mode="reflect"), kw / kw.sum(dim=3, keepdim=True), groups=c)
+    c, (h, w) = x.shape[1], x.shape[-2:]
+    kh = torch.tensor(gaussian_weights(sigma, h - 1), device=x.device, dtype=x.dtype)
+    kw = torch.tensor(gaussian_weights(sigma, w - 1), device=x.device, dtype=x.dtype)
+    r_h, r_w = kh.numel() // 2, kw.numel() // 2
+    y = x.reshape(-1, 1, h, w)
+    y = F.conv2d(F.pad(y, (0, 0, r_h, r_h), mode="reflect"), kh.view(1, 1, -1, 1))
+    y = F.conv2d(F.pad(y, (r_w, r_w, 0, 0), mode="reflect"), kw.view(1, 1, 1, -1))
+    return y.reshape(-1, c, h, w)
 
 
 def fuse_scales(per_scale: torch.Tensor, how: str = "sum", scales: Sequence[int] | None = None) -> torch.Tensor:

@@ -56,21 +56,33 @@ def pixel_auroc(masks, maps, valid=None) -> float:
     return _auroc(maps[masks], maps[~masks])
 
 
-def _f1_max(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Best F1 over thresholds; the best threshold is always one of the positives' scores."""
+def _f1_best(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(best F1 over thresholds, its threshold); the best threshold is always one of the positives' scores and
+    a score at or above it counts as positive."""
     if pos.size == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     pos.sort()  # fresh copies from the callers, sorted in place
     neg.sort()
     thresholds = np.unique(pos)
     tp = pos.size - np.searchsorted(pos, thresholds, side="left")
     fp = neg.size - np.searchsorted(neg, thresholds, side="left")
-    return float((2 * tp / (2 * tp + fp + (pos.size - tp))).max())
+    f1 = 2 * tp / (2 * tp + fp + (pos.size - tp))
+    return float(f1.max()), float(thresholds[int(np.argmax(f1))])
+
+
+def _f1_max(pos: np.ndarray, neg: np.ndarray) -> float:
+    return _f1_best(pos, neg)[0]
 
 
 def f1_max(labels, scores) -> float:
     labels, scores = _as_arrays(labels, scores)
     return _f1_max(scores[labels], scores[~labels])
+
+
+def f1_max_threshold(labels, scores) -> float:
+    """The image-score threshold of the best F1: decide 'defective' when a score is at or above it."""
+    labels, scores = _as_arrays(labels, scores)
+    return _f1_best(scores[labels], scores[~labels])[1]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Prediction on a user's own images: heat-map overlays and `scores.csv`, surviving unreadable files."""
+"""Prediction on a user's own images, whichever engine runs the model: overlays at each image's own size and
+`scores.csv`, surviving unreadable files. Needs no PyTorch unless the engine is PyTorch."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .batches import maps_in_batches
+from . import overlay
 from .data.images import IMAGE_EXTS, content_mask, fit_to_square, read_image
+from .deploy import Predictor, open_predictor
 from .errors import DskdError
 from .files import atomic_write, write_text
-from .runs import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
-COLUMNS = ["path", "score", "is_anomalous", "overlay", "error"]
+COLUMNS = ["path", "score", "decision", "threshold", "overlay", "error"]
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:
@@ -37,48 +38,50 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
-def _predict_one(loaded: LoadedRun, path: Path, out: Path, cmap) -> dict[str, Any]:
-    from PIL import Image
+def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float]:
+    """(S x S map, score) of one H x W x 3 uint8 image."""
+    size, mode = predictor.image_size, predictor.fit_mode
+    x = fit_to_square(original, size, Image.BILINEAR, mode).transpose(2, 0, 1)[None]
+    valid = content_mask(original.shape[1], original.shape[0], size, mode)[None] if mode == "pad" else None
+    maps, scores = predictor.infer(np.ascontiguousarray(x), valid)
+    return maps[0], float(scores[0])
 
-    cfg = loaded.run.config
+
+def _one(predictor: Predictor, path: Path, out: Path) -> dict[str, Any]:
     original = read_image(path)
-    img = fit_to_square(original, cfg.image_size, Image.BILINEAR, cfg.fit_mode)
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
-    valid = torch.from_numpy(content_mask(original.shape[1], original.shape[0], cfg.image_size, cfg.fit_mode))[None]
-    (_, _, result), = maps_in_batches(loaded.model, x, loaded.device, 1, loaded.precision, valid=valid)
-    amap, score = result.map[0, 0].cpu().numpy(), float(result.score[0])
-    heat = cmap(np.clip(amap / (2 * loaded.image_threshold + 1e-12), 0, 1))[..., :3]
-    overlay = (0.5 * img / 255.0 + 0.5 * heat).clip(0, 1)
+    amap, score = predict_image(predictor, original)
     target = out / f"{path.stem}_overlay.png"
-    atomic_write(target, lambda tmp: Image.fromarray((overlay * 255).astype(np.uint8)).save(tmp, "PNG"))
-    return {"path": str(path), "score": score, "is_anomalous": score > loaded.image_threshold,
-            "overlay": str(target), "error": ""}
+    picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score)
+    atomic_write(target, lambda tmp: picture.save(tmp, "PNG"))
+    return {"path": str(path), "score": score, "decision": "defective" if score >= predictor.threshold else "good",
+            "threshold": predictor.threshold, "overlay": str(target), "error": ""}
 
 
-def predict(run_dir: str | Path | RunDir, inputs: list[str | Path], out: str | Path, *,
-            device: str = "auto", quiet: bool = True, strict: bool = False) -> list[dict[str, Any]]:
-    """Heat-map overlays and `scores.csv` for a user's own images.
+def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Path, *, model: str | Path | None = None,
+            engine: str | None = None, device: str = "auto", quiet: bool = True,
+            strict: bool = False) -> list[dict[str, Any]]:
+    """Overlays and `scores.csv` for a user's images, from a run folder (PyTorch) or an exported `model` file.
 
-    `is_anomalous` compares the image score with the run's threshold: the mean plus three standard deviations of
-    the training images' scores (defect-free by construction), stored at training time. An unreadable image is
-    skipped with a warning and listed in `scores.csv` with its error (with `strict`, it stops the prediction).
+    The decision is `score >= threshold`: the F1-max threshold chosen when the run was evaluated (stored in the run
+    and in exported files), or, for a run not yet evaluated, the training images' mean + 3 std. An unreadable image
+    is skipped with a warning and listed in `scores.csv` with its error (with `strict`, it stops the prediction).
     """
-    from matplotlib import colormaps
-
-    loaded = load_run(run_dir, device)
+    predictor = open_predictor(run_dir, model, engine, device)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DskdError(f"{out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    log.info("predicting with %s (threshold %.4g, %s)", predictor.source, predictor.threshold, predictor.threshold_rule)
     rows = []
     for path in tqdm(collect_images(inputs), desc="predict", disable=quiet):
         try:
-            rows.append(_predict_one(loaded, path, out, colormaps["jet"]))
+            rows.append(_one(predictor, path, out))
         except DskdError as exc:
             if strict:
                 raise
             log.warning("skipped %s", exc)
-            rows.append({"path": str(path), "score": "", "is_anomalous": "", "overlay": "", "error": str(exc)})
+            rows.append({"path": str(path), "score": "", "decision": "", "threshold": predictor.threshold,
+                         "overlay": "", "error": str(exc)})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()

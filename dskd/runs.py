@@ -140,12 +140,21 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
 class LoadedRun:
     run: RunDir
     model: DSKD
-    image_threshold: float
+    image_threshold: float  # from the training images: mean + 3 std of their scores
     device: torch.device
 
     @property
     def precision(self) -> str:
         return self.run.config.precision
+
+    def decision(self) -> tuple[float, str]:
+        """(threshold, rule) of the image-level decision: the F1-max threshold chosen at evaluation, else (a run
+        not evaluated yet) the training images' mean + 3 std."""
+        if self.run.metrics_file.is_file():
+            metrics = self.run.metrics()
+            if metrics.get("decision_threshold") is not None:
+                return float(metrics["decision_threshold"]), str(metrics["decision_rule"])
+        return self.image_threshold, "train_mean_plus_3std"
 
 
 def open_run(run_dir: str | Path | RunDir) -> RunDir:

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from ..errors import DskdError
 from .images import content_mask, fit_to_square, image_size, read_image, read_mask
@@ -27,8 +25,9 @@ class Sample:
     defect_type: str
 
 
-class AnomalyDataset(Dataset):
-    """Items: image (3xSxS float in [0, 1]), mask (1xSxS, 0/1), label, defect_type, path."""
+class AnomalyDataset:
+    """A map-style dataset (needs no PyTorch until an item is asked for). Items: image (3xSxS float tensor in
+    [0, 1]), mask (1xSxS, 0/1), label, defect_type, path."""
 
     def __init__(self, samples: Sequence[Sample], image_size: int, where: str, fit_mode: str = "stretch",
                  check_sizes: bool = True) -> None:
@@ -70,6 +69,8 @@ class AnomalyDataset(Dataset):
         return np.stack([content_mask(*image_size(s.path), self.image_size, self.fit_mode) for s in self.samples])
 
     def __getitem__(self, i: int) -> dict:
+        import torch
+
         img, mask = self.load_uint8(i)
         s = self.samples[i]
         return {

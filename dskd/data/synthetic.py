@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy.ndimage import gaussian_filter
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,8 @@ def _rng(seed: int, *key: object) -> np.random.Generator:
 
 def texture(category: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     """A defect-free H x W x 3 float image in [0, 1]; normal variation is phase, offset and slight colour."""
+    from scipy.ndimage import gaussian_filter  # only when generating: deployed predictors have no SciPy
+
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     jitter = rng.normal(0, 0.02, 3)
     if category == "stripes":

@@ -1,0 +1,140 @@
+"""Export a trained run's whole inference path to one file: ONNX, OpenVINO IR (its .xml/.bin pair) or TorchScript.
+
+The graph holds everything from pixels to decision inputs: the teacher's input normalization, teacher, students,
+DF embedding, per-student and per-scale maps, the run's map normalization, fusion, smoothing and the image score
+(BatchNorm folded). Input `images`: float32, N x 3 x S x S, RGB in [0, 1] (NCHW; S is the run's image size); in
+`fit_mode="pad"` also `valid`: bool, N x S x S, True where the input shows the image. Outputs: `map` (N x 1 x S x S),
+`score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`METADATA_KEYS`),
+so `dskd.deploy` can predict from it alone, without PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .deploy import FORMATS
+from .errors import DskdError
+from .files import atomic_write
+from .model import DSKD
+from .runs import LoadedRun, load_run
+
+log = logging.getLogger(__name__)
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
+OPSET = 18
+
+
+class InferenceGraph(nn.Module):
+    """A model from images to (map, score[, student maps]), in one traceable forward."""
+
+    def __init__(self, model: DSKD, student_maps: bool = False, padded: bool = False) -> None:
+        super().__init__()
+        self.model, self.student_maps, self.padded = model.float(), student_maps, padded
+        self.eval()
+
+    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None):
+        out = self.model.anomaly_map(images, valid=valid if self.padded else None)
+        if not self.student_maps:
+            return out.map, out.score
+        return out.map, out.score, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
+
+
+def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str, str]:
+    cfg = loaded.run.config
+    threshold, rule = loaded.decision()
+    return {"dskd_version": __version__, "fingerprint": cfg.fingerprint(), "run_name": loaded.run.path.name,
+            "image_size": str(image_size), "fit_mode": cfg.fit_mode,
+            "batch": "dynamic" if batch is None else str(batch),
+            "threshold": repr(threshold), "threshold_rule": rule, "students": ",".join(loaded.model.students),
+            "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
+                "; valid: bool N x S x S" if cfg.fit_mode == "pad" else "")}
+
+
+def _names(graph: InferenceGraph) -> tuple[list[str], list[str]]:
+    inputs = ["images", "valid"] if graph.padded else ["images"]
+    return inputs, ["map", "score"] + (["student_maps"] if graph.student_maps else [])
+
+
+def _onnx_proto(graph: InferenceGraph, example: tuple, batch: int | None, meta: dict[str, str]):
+    """The traced graph as one ONNX model in memory (weights inside), with the run's metadata."""
+    inputs, outputs = _names(graph)
+    shapes = None
+    if batch is None:
+        n = torch.export.Dim("batch", min=1, max=4096)
+        shapes = {"images": {0: n}, **({"valid": {0: n}} if graph.padded else {})}
+    with torch.no_grad():
+        program = torch.onnx.export(graph, example, None, input_names=inputs, output_names=outputs,
+                                    opset_version=OPSET, dynamic_shapes=shapes, dynamo=True, verbose=False)
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto
+
+
+def _to_onnx(graph: InferenceGraph, example: tuple, path: Path, batch: int | None, meta: dict[str, str]) -> None:
+    import onnx
+
+    onnx.save_model(_onnx_proto(graph, example, batch, meta), str(path), save_as_external_data=False)
+
+
+def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, image_size: int | None = None,
+           batch: int | None = None, student_maps: bool = False) -> Path:
+    """Write a run's inference path to `out` (default: `<run>/model<suffix>`); `batch=None` exports a dynamic
+    batch dimension. Returns the file (OpenVINO: the .xml beside its .bin)."""
+    if fmt not in FORMATS:
+        raise DskdError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
+    loaded = load_run(run_dir, "cpu")
+    size = image_size or loaded.run.config.image_size
+    target = Path(out) if out else loaded.run.path / f"model{SUFFIX[fmt]}"
+    export_model(loaded.model, fmt, target, metadata(loaded, size, batch), image_size=size, batch=batch,
+                 student_maps=student_maps, padded=loaded.run.config.fit_mode == "pad")
+    log.info("exported %s to %s", loaded.run.path, target)
+    return target
+
+
+def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
+                 batch: int | None = None, student_maps: bool = False, padded: bool = False) -> Path:
+    """Export a model (converted with `for_inference()`) with the given metadata."""
+    if image_size % 32 or image_size < 32:
+        raise DskdError(f"--image-size {image_size} must be a multiple of 32 and at least 32")
+    if target.suffix != SUFFIX[fmt]:
+        raise DskdError(f"{target}: a {fmt} export needs the suffix {SUFFIX[fmt]}")
+    graph = InferenceGraph(model, student_maps, padded)
+    n = batch or 2
+    example = (torch.rand(n, 3, image_size, image_size),)
+    example += (torch.ones(n, image_size, image_size, dtype=torch.bool),) if padded else ()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        atomic_write(target, lambda tmp: _to_onnx(graph, example, tmp, batch, meta))
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(graph, example, check_trace=False)
+        atomic_write(target, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={"dskd.json": json.dumps(meta)}))
+    else:
+        _to_openvino(graph, example, target, batch, meta)
+    return target
+
+
+def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int | None, meta: dict[str, Any]) -> None:
+    """Through ONNX (OpenVINO's own PyTorch frontend would also do; ONNX keeps one traced graph for both)."""
+    import openvino as ov
+
+    onnx_tmp = target.with_suffix(".tmp.onnx")
+    try:
+        _to_onnx(graph, example, onnx_tmp, batch, meta)
+        model = ov.convert_model(str(onnx_tmp))
+        for key, value in meta.items():
+            model.set_rt_info(value, ["dskd", key])
+        tmp_xml = target.with_name(f".{target.stem}.tmp.xml")
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        tmp_xml.with_suffix(".bin").replace(target.with_suffix(".bin"))
+        tmp_xml.replace(target)
+    finally:
+        onnx_tmp.unlink(missing_ok=True)

@@ -1,0 +1,167 @@
+"""Export: the whole inference path in one file gives the PyTorch model's maps and scores through ONNX Runtime and
+OpenVINO, on real images (MT Defects, MPDD), at batch 1 and at a dynamic batch; and predict runs from the file."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dskd.config import VARIANTS
+from dskd.data.images import content_mask, fit_to_square, read_image
+from dskd.deploy import onnxruntime_predictor, openvino_predictor
+from dskd.export import export, export_model
+from dskd.model import build_model
+
+from .conftest import MT_ROOT, REPO, SHARED_DATA
+
+SIZE = 64
+MPDD = SHARED_DATA / "mpdd" / "metal_plate" / "test" / "defective"
+
+
+def _real_images(n_each: int = 2) -> list[np.ndarray]:
+    paths = sorted((MT_ROOT / "MT_Crack" / "Imgs").glob("*.jpg"))[:n_each] + sorted(MPDD.glob("*.png"))[:n_each]
+    if len(paths) < 2 * n_each:
+        pytest.skip("MT Defects or MPDD not found in ../shared/data")
+    return [read_image(p) for p in paths]
+
+
+def _random_bn(model):
+    """Non-trivial BatchNorm statistics, so that folding them is tested for real."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad:
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _batch(images, mode):
+    x = np.stack([fit_to_square(im, SIZE, Image.BILINEAR, mode).transpose(2, 0, 1) for im in images])
+    valid = np.stack([content_mask(im.shape[1], im.shape[0], SIZE, mode) for im in images])
+    return x, (valid if mode == "pad" else None)
+
+
+def _close(got, want, what):
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
+    assert err <= 1e-4, f"{what}: relative error {err:.2e}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exported_maps_equal_pytorch_through_both_runtimes(backbone, variant, tmp_path):
+    torch.manual_seed(0)
+    model = _random_bn(build_model(backbone, variant, pretrained=backbone == "efficientnet_lite0")).eval()
+    model.map_norm_stats.copy_(torch.rand_like(model.map_norm_stats) + 0.5)
+    model = model.for_inference()
+    meta = {"image_size": str(SIZE), "fit_mode": "stretch", "threshold": "1.5", "threshold_rule": "test"}
+    path = export_model(model, "onnx", tmp_path / "m.onnx", meta, image_size=SIZE)
+    x, _ = _batch(_real_images(), "stretch")
+    with torch.no_grad():
+        want = model.anomaly_map(torch.from_numpy(x).float() / 255)
+    for predictor in (onnxruntime_predictor(path), openvino_predictor(path)):
+        assert predictor.threshold == 1.5 or predictor.source.endswith(".onnx")
+        for sl in (slice(0, 1), slice(0, len(x))):  # batch 1, and the dynamic batch
+            maps, scores = predictor.infer(x[sl], None)
+            _close(maps, want.map[sl, 0].numpy(), f"{predictor.source} maps")
+            _close(scores, want.score[sl].numpy(), f"{predictor.source} scores")
+
+
+@pytest.mark.slow
+def test_pad_mode_and_a_fixed_batch_agree_in_every_engine(tmp_path):
+    model = _random_bn(build_model("efficientnet_lite0", "dskd")).eval().for_inference()
+    meta = {"image_size": str(SIZE), "fit_mode": "pad", "threshold": "0.5"}
+    onnx_path = export_model(model, "onnx", tmp_path / "m.onnx", meta, image_size=SIZE, batch=1, padded=True)
+    xml_path = export_model(model, "openvino", tmp_path / "m.xml", meta, image_size=SIZE, batch=1, padded=True)
+    images = _real_images(1)  # MT's tiles are far from square: pad mode pads them
+    x, valid = _batch(images, "pad")
+    assert not valid.all()
+    with torch.no_grad():
+        want = model.anomaly_map(torch.from_numpy(x).float() / 255, valid=torch.from_numpy(valid))
+    ov = openvino_predictor(xml_path)
+    assert (ov.fit_mode, ov.threshold, ov.image_size) == ("pad", 0.5, SIZE)  # metadata travels in the IR
+    for predictor in (onnxruntime_predictor(onnx_path), ov):
+        for i in range(len(x)):
+            maps, scores = predictor.infer(x[i: i + 1], valid[i: i + 1])
+            _close(maps, want.map[i: i + 1, 0].numpy(), predictor.source)
+            _close(scores, want.score[i: i + 1].numpy(), predictor.source)
+
+
+@pytest.mark.slow
+def test_export_and_predict_through_the_command_line_in_every_engine(data_root, tmp_path):
+    from dskd import evaluate, fit
+    from dskd.config import profile_config
+
+    run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
+    metrics = evaluate(run, device="cpu")
+    assert metrics["decision_rule"] == "f1_max_on_test"
+    onnx_path, xml_path = export(run.path, "onnx"), export(run.path, "openvino", tmp_path / "ir" / "model.xml")
+    images = data_root / "synthetic" / "grid" / "test" / "hole"
+    results = {}
+    for name, source in (("torch", ["--run", run.path]), ("onnxruntime", ["--model", onnx_path]),
+                         ("openvino", ["--model", xml_path, "--engine", "openvino"])):
+        r = subprocess.run([sys.executable, "-m", "dskd", "predict", *map(str, source), str(images), "--out",
+                            str(tmp_path / name), "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        results[name] = list(csv.DictReader(open(tmp_path / name / "scores.csv")))
+    assert len(results["torch"]) == 6
+    for name in ("onnxruntime", "openvino"):
+        for a, b in zip(results["torch"], results[name], strict=True):
+            assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4)
+            assert float(b["threshold"]) == metrics["decision_threshold"]
+            if abs(float(a["score"]) - metrics["decision_threshold"]) > 1e-3:  # the F1 threshold is a test score
+                assert a["decision"] == b["decision"]
+    overlay = Image.open(results["openvino"][0]["overlay"])
+    assert overlay.size == Image.open(results["openvino"][0]["path"]).size  # the image's own size
+
+
+def test_overlay_is_drawn_at_the_images_own_size_with_the_region_outlined():
+    from dskd import overlay
+
+    image = np.full((90, 150, 3), 128, np.uint8)  # wide, like many inspection frames
+    amap = np.zeros((64, 64), np.float32)
+    amap[20:40, 30:50] = 2.0
+    for mode in ("stretch", "pad"):
+        picture = np.asarray(overlay.render(image, amap, mode, threshold=1.0, score=2.0))
+        assert picture.shape == (90, 150, 3)
+        outlined = np.all(picture == overlay.OUTLINE, axis=-1)
+        assert outlined.sum() > 20 and not outlined[60:, :].any()  # around the hot region only
+    full = overlay.map_to_image(amap, 150, 90, "pad")
+    assert full.shape == (90, 150) and full.max() == pytest.approx(2.0, abs=1e-3)
+
+
+DEPLOYED = """
+import sys
+from dskd.cli import main
+code = main(["predict", "--model", sys.argv[1], sys.argv[2], "--out", sys.argv[3]])
+assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")], "PyTorch was imported"
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_predict_from_an_exported_model_in_a_venv_without_torch(tmp_path, data_root):
+    """A line-side PC: a fresh venv with only the [deploy] extra (no PyTorch), dskd's source, and the .onnx file."""
+    import tomllib
+
+    from dskd import fit
+    from dskd.config import profile_config
+
+    run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
+    model = export(run.path, "onnx", tmp_path / "line" / "model.onnx")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    deploy = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deploy"]
+    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", *deploy], capture_output=True,
+                         text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    images = data_root / "synthetic" / "grid" / "test" / "hole"
+    r = subprocess.run([str(venv / "bin/python"), "-c", DEPLOYED, str(model), str(images), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert len(rows) == 6 and all(row["decision"] in ("good", "defective") for row in rows)
