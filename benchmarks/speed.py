@@ -330,7 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", help="subset of models (default: all available)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    p.add_argument("--engines", action="store_true", help="inference engines instead: python -m benchmarks.engines")
     args = p.parse_args(argv)
+    if args.engines:
+        from benchmarks.engines import main as engines_main
+
+        return engines_main(["--backbone", args.backbone, "--image-size", str(args.image_size), "--repeats",
+                             str(args.repeats), "--out", args.out])
 
     device = torch.device(args.device)
     if device.type == "cpu":

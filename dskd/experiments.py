@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,9 @@ from .data import categories as present_categories
 from .data import get_dataset
 from .errors import DskdError
 from .evaluation import evaluate
+from .executors import ExecutorConfig, execute
 from .methods import get_method
 from .runs import RunDir
-from .training import fit
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +112,48 @@ def evaluated(run: RunDir) -> dict[str, Any]:
     return evaluate(run, save_maps=True)
 
 
-def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("dskd",),
-             quiet: bool = True) -> pd.DataFrame:
-    """Train (if needed) and evaluate every category x method x seed; one row per run."""
+def grid_configs(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("dskd",),
+                 ) -> list[tuple[str, str, int, RunConfig]]:
+    """(category, method, seed, settings) of every run the grid needs, without training anything."""
     if not isinstance(methods, Mapping):
         methods = {m: get_method(m).overrides for m in methods}
+    return [(category, name, seed, exp.config(category, seed, **method))
+            for category in exp.categories for name, method in methods.items() for seed in exp.seeds]
+
+
+def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("dskd",),
+             quiet: bool = True) -> pd.DataFrame:
+    """Train (if needed) and evaluate every category x method x seed on the executor `./run_all.sh` chose (local
+    by default); one row per run. A run that fails is logged with its error and left out of the table.
+
+    Under `./run_all.sh`'s planning pass (DSKD_PLAN names a file) nothing trains: the runs are only recorded."""
+    grid = grid_configs(exp, methods)
+    runs_root = exp.out_dir / "runs"
+    if os.environ.get("DSKD_PLAN"):
+        record_plan(Path(os.environ["DSKD_PLAN"]), [cfg for *_, cfg in grid], runs_root)
+        return pd.DataFrame()
+    t0 = time.perf_counter()
+    outcomes = execute([cfg for *_, cfg in grid], runs_root, ExecutorConfig.from_env(), quiet=quiet)
     rows = []
-    for category in exp.categories:
-        for name, method in methods.items():
-            for seed in exp.seeds:
-                t0 = time.perf_counter()
-                run = fit(exp.config(category, seed, **method), runs_root=exp.out_dir / "runs", quiet=quiet)
-                metrics = evaluated(run)
-                rows.append({
-                    "category": category, "method": name, "seed": seed,
-                    **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
-                    "per_defect_image_auroc": metrics.get("per_defect_image_auroc", {}),
-                    "train_minutes": run.info().get("train_minutes"), "run": str(run.path),
-                    "wall_seconds": round(time.perf_counter() - t0, 1),
-                })
+    for (category, name, seed, _), outcome in zip(grid, outcomes, strict=True):
+        if not outcome.ok:
+            continue
+        metrics = outcome.metrics
+        rows.append({
+            "category": category, "method": name, "seed": seed,
+            **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+            "per_defect_image_auroc": metrics.get("per_defect_image_auroc", {}),
+            "train_minutes": RunDir(Path(outcome.path), outcome.config).info().get("train_minutes"),
+            "run": outcome.path, "wall_seconds": round((time.perf_counter() - t0) / max(1, len(grid)), 1),
+        })
     return pd.DataFrame(rows)
+
+
+def record_plan(plan: Path, configs: list[RunConfig], runs_root: Path) -> None:
+    """Append the runs a notebook needs to the plan file (one JSON line each: where, and with which settings)."""
+    import json
+
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    with open(plan, "a") as f:
+        for cfg in configs:
+            f.write(json.dumps({"runs_root": str(runs_root.resolve()), "config": cfg.to_dict()}) + "\n")

@@ -71,6 +71,10 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
     never picked by hand; the dskd run of the table is shown when there is one."""
     import matplotlib.pyplot as plt
 
+    if runs.empty:  # skipped data, or the planning pass of ./run_all.sh
+        fig, ax = plt.subplots(figsize=(4, 1))
+        _blank(ax, "no runs")
+        return fig
     dskd_rows = runs[runs["method"] == "dskd"]
     saved = archive.load((dskd_rows if len(dskd_rows) else runs).iloc[0]["run"])
     picks = pick_samples(saved, n_samples)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .config import PROFILES
 from .errors import DskdError
+from .executors import EXECUTORS, ExecutorConfig
 from .files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,16 @@ def _stamp(notebook: Path, params: dict) -> str:
     return h.hexdigest()
 
 
+def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, env: dict[str, str] | None = None) -> int:
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-k", "python3", "--cwd",
+           str(NOTEBOOKS), "--log-output", "--no-progress-bar"]
+    for k, v in params.items():
+        cmd += ["-y", json.dumps({k: v})]
+    with open(log_file, "w") as log:
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
+
+
 def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool) -> tuple[str, str, float]:
     executed = out_dir / "notebooks" / notebook.name
     stamp_file = executed.with_suffix(".stamp.json")
@@ -40,15 +52,9 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool) -> tu
     if not force and executed.is_file() and stamp_file.is_file() and \
             json.loads(stamp_file.read_text()).get("stamp") == stamp:
         return notebook.stem, "up to date", 0.0
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-k", "python3", "--cwd",
-           str(NOTEBOOKS), "--log-output", "--no-progress-bar"]
-    for k, v in params.items():
-        cmd += ["-y", json.dumps({k: v})]
     t0 = time.perf_counter()
     log_file = executed.with_suffix(".log")
-    with open(log_file, "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    code = papermill(notebook, executed, params, log_file)
     minutes = (time.perf_counter() - t0) / 60
     if code == 0:
         write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
@@ -75,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
     p.add_argument("--out", default=str(REPO / "results"), help="results folder (default: results/)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: each notebook trains its runs in turn; ray: one pass plans every run the notebooks "
+                        "need, Ray trains them (every GPU of this machine, or a cluster), then the notebooks run")
+    p.add_argument("--ray-address", help="join a running Ray cluster ('auto' or ray://HOST:10001); default: start one")
+    p.add_argument("--gpus-per-run", type=float, help="GPUs per run on Ray (fractions share a GPU; default 1 if any)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run on Ray (default 1)")
     return p
 
 
@@ -104,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile == "test":
         params["complexity_size"] = 64
     t0 = time.perf_counter()
+    failed_runs = 0
+    if args.executor == "ray":
+        from .planning import plan_and_train
+
+        executor = ExecutorConfig("ray", args.ray_address, args.gpus_per_run, args.cpus_per_run)
+        try:
+            failed_runs = plan_and_train(notebooks, params, out_dir, executor)
+        except DskdError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force)), notebooks))
     print(f"\n{'notebook':<32} {'status':<40} {'minutes':>7}")
@@ -112,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in results if r[1].startswith("FAILED")]
     print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
           f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")
-    return 1 if failed else 0
+    return 1 if failed or failed_runs else 0
 
 
 def _announce(result: tuple[str, str, float]) -> tuple[str, str, float]:

@@ -71,8 +71,8 @@ def resolve_device(name: str) -> torch.device:
         raise DskdError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+    if name == "cpu":  # every core, unless a scheduler gave this process fewer (DSKD_NUM_THREADS, set by executors)
+        torch.set_num_threads(int(os.environ.get("DSKD_NUM_THREADS") or os.cpu_count() or 1))
     return torch.device(name)
 
 

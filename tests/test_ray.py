@@ -1,0 +1,137 @@
+"""The grid on a real two-node Ray cluster, started and stopped by the test on the loopback address only.
+
+Ray binds to the machine's outward address even when told 127.0.0.1 (ray-project/ray#26293), so every Ray process
+runs inside a network namespace this test makes (`unshare -n`, loopback up): there 127.0.0.1 is the only address and
+nothing can leave. The driver runs inside it too; the test process, outside, watches the run folders and kills a
+worker mid-training.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dskd.config import profile_config
+from dskd.executors import ExecutorConfig, execute
+from dskd.methods import METHODS
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")  # CI installs it (the dev extra); the check below proves the local path without it
+
+CLUSTER = """
+set -e
+ip link set lo up
+export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH={repo}
+RAY={bin}/ray
+$RAY start --head --node-ip-address=127.0.0.1 --port=6390 --num-cpus=1 --include-dashboard=false \\
+    --object-store-memory=100000000 --temp-dir={tmp}/ray > {tmp}/head.log 2>&1
+$RAY start --address=127.0.0.1:6390 --node-ip-address=127.0.0.1 --num-cpus=1 --object-store-memory=100000000 \\
+    > {tmp}/worker.log 2>&1
+trap '$RAY stop --force > /dev/null 2>&1' EXIT
+ss -H -ltnu > {tmp}/sockets_before.txt
+{python} -c "$DRIVER" > {tmp}/result.json
+ss -H -atnu > {tmp}/sockets_after.txt
+"""
+
+DRIVER = """
+import json, sys
+from dskd.config import RunConfig
+from dskd.executors import ExecutorConfig, execute
+configs = [RunConfig.from_dict(c) for c in json.load(open(sys.argv[1] if len(sys.argv) > 1 else "{plan}"))]
+outcomes = execute(configs, "{runs}", ExecutorConfig("ray", ray_address="127.0.0.1:6390"), quiet=True)
+print(json.dumps([{{"path": o.path, "error": o.error, "metrics": o.metrics}} for o in outcomes]))
+"""
+
+
+def _grid(data_root, missing_root):
+    configs = [profile_config("test", data_root=str(data_root), category=c, **METHODS[m].overrides)
+               for c in ("stripes", "grid") for m in ("dskd", "se_only")]
+    configs.append(profile_config("test", data_root=str(data_root), category="noise", epochs=4))  # killed once
+    configs.append(profile_config("test", dataset="mvtec_ad", category="bottle", data_root=str(missing_root)))
+    return configs
+
+
+def _kill_worker_mid_training(run: Path, killed: list[int], stop: threading.Event) -> None:
+    """Once the run has saved its first epoch, kill the Ray worker that trains it, as a lost node would be."""
+    while not stop.is_set():
+        pid_file, ckpt = run / ".worker.pid", run / "checkpoint.pt"
+        if ckpt.is_file() and pid_file.is_file() and not (run / "metrics.json").exists():
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ss") is None, reason="needs unshare and ss")
+def test_grid_on_a_two_node_cluster_survives_a_killed_worker_and_reports_a_failed_run(data_root, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("DSKD_NUM_THREADS", "1")  # as each single-CPU Ray worker: the same arithmetic
+    configs = _grid(data_root, tmp_path / "nowhere")
+    local = execute(configs, tmp_path / "local", ExecutorConfig("local"), quiet=True)
+    assert [o.ok for o in local] == [True] * 5 + [False]
+
+    plan, runs = tmp_path / "plan.json", tmp_path / "ray_runs"
+    plan.write_text(json.dumps([c.to_dict() for c in configs]))
+    script = CLUSTER.format(repo=REPO, bin=Path(sys.executable).parent, tmp=tmp_path, python=sys.executable)
+    driver = DRIVER.format(plan=plan, runs=runs)
+    killed, stop = [], threading.Event()
+    noise_run = runs / local[4].path.split("/")[-1]
+    killer = threading.Thread(target=_kill_worker_mid_training, args=(noise_run, killed, stop), daemon=True)
+    killer.start()
+    try:
+        r = subprocess.run(["unshare", "-n", "bash", "-c", script], env={**os.environ, "DRIVER": driver},
+                           capture_output=True, text=True, timeout=900)
+    finally:
+        stop.set()
+    assert r.returncode == 0, r.stderr[-3000:] + (tmp_path / "head.log").read_text()[-2000:]
+    results = json.loads((tmp_path / "result.json").read_text())
+
+    # the same metrics as the local executor, run for run; the failed run reported with its one-line error
+    for mine, theirs in zip(local, results, strict=True):
+        if not mine.ok:
+            assert theirs["error"] and "does not exist" in theirs["error"] and "\n" not in theirs["error"]
+            continue
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert theirs["metrics"][key] == pytest.approx(mine.metrics[key], abs=1e-4), key
+    # the killed run was retried on a new worker and resumed from its checkpoint
+    assert killed, "the worker was never killed"
+    log = (noise_run / "run.log").read_text()
+    assert "resuming" in log and "after epoch" in log
+    assert int((noise_run / ".worker.pid").read_text().split()[0]) != killed[0]
+    # both nodes trained runs (a worker's parent is its node's raylet)
+    parents = {(runs / Path(x["path"]).name / ".worker.pid").read_text().split()[1] for x in results if x["path"]}
+    assert len(parents) == 2
+    # nothing listened or connected outside the loopback address
+    for line in ((tmp_path / "sockets_before.txt").read_text() + (tmp_path / "sockets_after.txt").read_text()
+                 ).splitlines():
+        addresses = [f for f in line.split() if ":" in f]
+        assert all(a.startswith(("127.", "[::1]", "*:", "0.0.0.0:", "[::]:")) for a in addresses), line
+
+
+def test_the_local_path_needs_no_ray(tmp_path, data_root):
+    code = f"""
+import sys
+sys.modules["ray"] = None  # as if Ray were not installed
+from dskd.config import profile_config
+from dskd.errors import DskdError
+from dskd.executors import ExecutorConfig, execute
+out = execute([profile_config("test", data_root="{data_root}")], "{tmp_path / 'runs'}", ExecutorConfig(), quiet=True)
+assert out[0].ok, out[0].error
+try:
+    execute([profile_config("test", data_root="{data_root}")], "{tmp_path / 'runs'}", ExecutorConfig("ray"))
+except DskdError as exc:
+    print(exc)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "pip install -e '.[cluster]'" in r.stdout and len(r.stdout.strip().splitlines()) == 1
