@@ -53,6 +53,7 @@ class Outcome:
     path: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    seconds: float = 0.0  # inside the task: training (or finding it cached) and evaluation
 
     @property
     def ok(self) -> bool:
@@ -71,7 +72,7 @@ def train_and_evaluate(config: dict[str, Any], runs_root: str, threads: int | No
 
     if threads:
         os.environ["DSKD_NUM_THREADS"] = str(threads)
-    cfg = RunConfig.from_dict(config)
+    cfg, t0 = RunConfig.from_dict(config), time.perf_counter()
     try:
         folder = run_folder(cfg, runs_root)
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,8 @@ def train_and_evaluate(config: dict[str, Any], runs_root: str, threads: int | No
         logging.getLogger("dskd").setLevel(logging.INFO)
         try:
             run = fit(cfg, runs_root=runs_root, quiet=True)
-            return {"path": str(run.path), "metrics": evaluated(run)}
+            metrics = evaluated(run)
+            return {"path": str(run.path), "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3)}
         finally:
             logging.getLogger("dskd").removeHandler(handler)
             handler.close()

@@ -142,3 +142,21 @@ except DskdError as exc:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "pip install -e '.[cluster]'" in r.stdout and len(r.stdout.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_run_all_plans_the_union_of_runs_then_trains_it_once_on_ray(tmp_path):
+    """Notebooks 10 and 20 share three of their four methods: the planning pass finds 4 distinct runs, Ray trains
+    them (a local cluster, inside a network namespace), and the notebooks then find every run cached."""
+    out = tmp_path / "results"
+    script = (f"ip link set lo up; export RAY_USAGE_STATS_ENABLED=0; {sys.executable} -m dskd.runall --profile test "
+              f"--executor ray --only 10 20 --out {out}")
+    r = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "planned 4 distinct run(s) for 2 notebook(s)" in r.stdout and "4 run(s) done, 0 failed" in r.stdout
+    runs = [p for p in (out / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 4 and all((p / "maps.npz").is_file() and (p / "run.log").is_file() for p in runs)
+    for p in runs:  # trained once, by Ray: the notebooks' pass found each finished and used it
+        log = (p / "run.log").read_text()
+        assert "already trained; using it" in log and "resuming" not in log
+    assert (out / "tables" / "table_mvtec_ad.md").is_file() and (out / "tables" / "ablation_students.md").is_file()
