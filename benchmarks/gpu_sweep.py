@@ -1,4 +1,4 @@
-"""The GPU sweeps behind docs/findings.md sections 7, 8 and 12: many MT Defects runs, in parallel worker processes.
+"""The GPU sweeps behind docs/findings.md sections 7, 8 and 12: many MT Defects runs, on the grid executor (Ray).
 
     python -m benchmarks.gpu_sweep --data-root DATA --split-file DATA/mt_defects/splits/differnet_train_free.txt \
         --grid explore|long|both|longer --workers 6 --out OUT
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -82,34 +79,35 @@ def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
     return out
 
 
-def _one(job: tuple, args: argparse.Namespace) -> dict:
-    from dskd import evaluate, fit
-
+def _record(job: tuple, outcome, size: int) -> dict:
+    """One JSON line of the sweep: the run's default metrics, per-type AUROC and its maps re-fused other ways."""
     method, size, epochs, fit_mode, seed = job
-    name = f"{method}_s{size}_e{epochs}_{fit_mode}_seed{seed}"
-    t0 = time.perf_counter()
-    run = fit(_config(*job, args), Path(args.runs) / name, quiet=True)
-    res = evaluate(run, save_maps=True, device=args.device)
-    return {"name": name, "method": method, "size": size, "epochs": epochs, "fit": fit_mode, "seed": seed,
-            "train_minutes": run.info()["train_minutes"], "wall_s": round(time.perf_counter() - t0, 1),
-            "loss_last": (run.path / "train_log.csv").read_text().strip().splitlines()[-1],
+    if not outcome.ok:  # one failed run does not end the sweep: it is recorded with its error
+        return {"job": list(job), "error": outcome.error}
+    path, res = Path(outcome.path), outcome.metrics
+    return {"name": f"{method}_s{size}_e{epochs}_{fit_mode}_seed{seed}", "method": method, "size": size,
+            "epochs": epochs, "fit": fit_mode, "seed": seed, "run": str(path),
+            "train_minutes": json.loads((path / "config.json").read_text())["train_minutes"],
+            "wall_s": round(outcome.seconds, 1),
+            "loss_last": (path / "train_log.csv").read_text().strip().splitlines()[-1],
             "default": [round(res[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")],
             "per_type": {k: round(v, 4) for k, v in res["per_defect_image_auroc"].items()},
-            "analysis": _refused(run.path, size)}
+            "analysis": _refused(path, size)}
 
 
-def _worker(worker: int, args: argparse.Namespace) -> None:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))  # oversubscribed threads spin and crawl
+def run_sweep(args: argparse.Namespace) -> None:
+    """The grid's runs on the executor (local: one after another; ray: `--workers` runs share each GPU), then one
+    JSON line per run in OUT/sweep.jsonl."""
+    from dskd.executors import ExecutorConfig, execute
+
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    for i, job in enumerate(grid(args.grid)):
-        if i % args.workers != worker:
-            continue
-        try:
-            record = _one(job, args)
-        except Exception as exc:  # one failed run must not end the sweep: record it and go on
-            record = {"job": job, "error": repr(exc), "traceback": traceback.format_exc()[-1500:]}
-        with open(Path(args.out) / "sweep.jsonl", "a") as f:  # one short line per append
-            f.write(json.dumps(record) + "\n")
+    jobs = grid(args.grid)
+    executor = ExecutorConfig(args.executor, args.ray_address, 1.0 / args.workers if args.device == "cuda" else 0.0,
+                              max(1.0, (os.cpu_count() or 1) / args.workers))
+    outcomes = execute([_config(*job, args) for job in jobs], args.runs, executor)
+    with open(Path(args.out) / "sweep.jsonl", "a") as f:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            f.write(json.dumps(_record(job, outcome, job[1])) + "\n")
 
 
 def downscale(src: Path, dst: Path, longest: int = 256) -> None:
@@ -174,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root")
     p.add_argument("--split-file")
     p.add_argument("--grid", choices=("explore", "long", "both", "longer", "smoke"), default="explore")
-    p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--workers", type=int, default=6, help="runs at once per GPU (with --executor ray)")
+    p.add_argument("--executor", choices=("local", "ray"), default="ray")
+    p.add_argument("--ray-address", help="a running Ray cluster (default: start one on this machine)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--runs", default="/tmp/dskd_sweep_runs")
     p.add_argument("--out", default="results/benchmarks/sweep")
@@ -192,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data_root and args.split_file):
         p.error("--data-root and --split-file are needed to run a sweep")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    procs = [mp.get_context("spawn").Process(target=_worker, args=(w, args)) for w in range(args.workers)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
+    run_sweep(args)
     return 0
 
 

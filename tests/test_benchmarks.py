@@ -1,6 +1,7 @@
 """The benchmark harnesses run end to end at toy sizes (their numbers are meaningless here, their plumbing is not)."""
 
 import pandas as pd
+import pytest
 
 from benchmarks import speed
 
@@ -48,3 +49,21 @@ def test_gpu_sweep_summary_averages_three_seeds_and_prefers_the_later_record(tmp
     assert abs(row["image_auroc_mean"] - 0.92) < 1e-9
     assert abs(row["image_auroc_std"] - (0.0008 / 3) ** 0.5) < 1e-4  # population std of 0.90, 0.92, 0.94
     assert "92.0 ± 1.6" in (tmp_path / "accuracy_mt_gpu_long.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_sweep_trains_its_grid_through_the_executor(mt, tmp_path):
+    """The smoke grid on the CPU with the local executor: one JSON record per run, re-fused analyses included."""
+    import json
+
+    from benchmarks import gpu_sweep
+
+    split = tmp_path / "split.txt"
+    split.write_text("\n".join(f"f{i}.jpg" for i in range(8)))
+    out = tmp_path / "out"
+    assert gpu_sweep.main(["--data-root", str(mt), "--split-file", str(split), "--grid", "smoke", "--device", "cpu",
+                           "--executor", "local", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["fit"]) for r in records] == [("dskd", "stretch"), ("se_only", "pad")]
+    assert all(len(r["default"]) == 3 and "nonorm" in r["analysis"] for r in records)
+    assert "only_se" in records[0]["analysis"] and "only_se" not in records[1]["analysis"]

@@ -8,6 +8,7 @@ worker mid-training.
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,8 @@ CLUSTER = """
 set -e
 ip link set lo up
 export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH={repo}
+# Ray's token authentication, with a token of this test's own that every process of the cluster shares
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}
 RAY={bin}/ray
 $RAY start --head --node-ip-address=127.0.0.1 --port=6390 --num-cpus=1 --include-dashboard=false \\
     --object-store-memory=100000000 --temp-dir={ray_tmp} > {tmp}/head.log 2>&1
@@ -85,7 +88,7 @@ def test_grid_on_a_two_node_cluster_survives_a_killed_worker_and_reports_a_faile
     plan.write_text(json.dumps([c.to_dict() for c in configs]))
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     script = CLUSTER.format(repo=REPO, bin=Path(sys.executable).parent, tmp=tmp_path, python=sys.executable,
-                            ray_tmp=ray_tmp)
+                            ray_tmp=ray_tmp, token=secrets.token_hex(32))
     driver = DRIVER.format(plan=plan, runs=runs, result=tmp_path / "result.json")
     killed, stop = [], threading.Event()
     noise_run = runs / local[4].path.split("/")[-1]
