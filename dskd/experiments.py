@@ -62,7 +62,7 @@ class Experiment:
         return dataclasses.replace(self, categories=list(categories))
 
     def describe(self) -> str:
-        cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("cpu")
+        cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("any")
         return (f"{self.label}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
                 f"batch {cfg.batch_size}, {cfg.precision}, seeds {', '.join(map(str, self.seeds))}, "
                 f"profile '{self.profile}'")
