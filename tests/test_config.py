@@ -36,12 +36,15 @@ def test_train_parser_has_a_flag_for_every_setting():
     assert wanted <= set(dests), sorted(wanted - set(dests))
     assert set(dests["student_fusion"].choices) == {"sum", "mean", "max"}
     assert set(dests["precision"].choices) == {"auto", "float32", "bfloat16", "float16"}
-    assert "quick: 64" in dests["image_size"].help and dests["scale_weights"].nargs == 3
+    from dskd.config import PROFILES
+
+    assert f"quick: {PROFILES['quick']['image_size']}" in dests["image_size"].help
+    assert dests["scale_weights"].nargs == 3
 
 
 def test_flags_reach_the_run_config():
     from dskd.cli import build_parser, setting_fields
-    from dskd.config import profile_config
+    from dskd.config import PROFILES, profile_config
 
     args = build_parser().parse_args(["train", "--out", "x", "--score-topk", "5", "--student-fusion", "max",
                                       "--scale-weights", "1", "2", "3", "--se-optim-lr", "0.1", "--no-recalibrate-bn",
@@ -50,7 +53,8 @@ def test_flags_reach_the_run_config():
     cfg = profile_config("quick", **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     assert (cfg.model.score_topk, cfg.model.student_fusion, cfg.model.sigma) == (5, "max", 2.0)
     assert cfg.model.scale_weights == (1.0, 2.0, 3.0) and cfg.se_optim.lr == 0.1 and cfg.sd_optim.lr == 0.005
-    assert cfg.recalibrate_bn is False and cfg.precision == "bfloat16" and cfg.image_size == 64
+    assert cfg.recalibrate_bn is False and cfg.precision == "bfloat16"
+    assert cfg.image_size == PROFILES["quick"]["image_size"]
 
 
 def test_precision_is_part_of_a_runs_identity():
