@@ -115,16 +115,9 @@ def execute(configs: list[RunConfig], runs_root: Path | str, executor: ExecutorC
     return outcomes
 
 
-def summary(outcomes: list[Outcome], seconds: float | None = None) -> str:
+def summary(outcomes: list[Outcome]) -> str:
     failed = [o for o in outcomes if not o.ok]
-    lines = [f"{len(outcomes) - len(failed)} run(s) done, {len(failed)} failed"
-             + (f" in {seconds / 60:.1f} min" if seconds is not None else "")]
+    lines = [f"{len(outcomes) - len(failed)} run(s) done, {len(failed)} failed"]
     lines += [f"  FAILED {o.config.run_name()}: {o.error}" for o in failed]
     return "\n".join(lines)
 
-
-def timed_execute(configs: list[RunConfig], runs_root: Path | str, executor: ExecutorConfig | None = None,
-                  quiet: bool = False) -> tuple[list[Outcome], float]:
-    t0 = time.perf_counter()
-    outcomes = execute(configs, runs_root, executor, quiet)
-    return outcomes, time.perf_counter() - t0

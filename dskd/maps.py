@@ -63,10 +63,6 @@ def gaussian_weights(sigma: float, radius: int | None = None) -> list[float]:
     return [v / sum(k) for v in k]
 
 
-def gaussian_kernel(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    return torch.tensor(gaussian_weights(sigma), device=device, dtype=dtype)
-
-
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of every channel of a B x C x H x W batch (reflect padding; the kernel is cut
     to the image where the image is smaller than it, as reflect padding needs). Channels are folded into the batch

@@ -31,11 +31,9 @@ class DatasetSpec:
         """Does `folder` have this dataset's layout (rather than being a parent of it)?"""
         if self.name == "synthetic":
             return folder.name == "synthetic"
-        if self.name == "folder":
-            return any((folder / c / "good").is_dir() for c in subdirs(folder))
-        if len(self.categories) == 1 and self.categories[0] == self.name:
+        if self.categories == (self.name,):  # a single-category layout: the marker sits in the dataset's folder
             return (folder / self.marker).is_dir()
-        return any((folder / c / self.marker).is_dir() for c in self.categories)
+        return any((folder / c / self.marker).is_dir() for c in self.categories or subdirs(folder))
 
 
 MVTEC_AD_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut",
@@ -88,7 +86,7 @@ def categories(name: str, root: Path | str | None = None) -> list[str]:
     if root is None:
         return []
     d = dataset_root(name, root)
-    if len(spec.categories) == 1 and spec.categories[0] == name:
+    if spec.categories == (name,):
         return [name] if (d / spec.marker).is_dir() else []
     wanted = spec.categories or tuple(subdirs(d))
     return [c for c in wanted if (d / c / spec.marker).is_dir()]
