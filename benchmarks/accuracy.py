@@ -1,11 +1,12 @@
-"""Accuracy on real data: does the dual student beat each single student on MT Defects?
+"""Accuracy on real data: the dual student against each single student, on every real dataset at hand.
 
-    python -m benchmarks.accuracy --data-root ../shared/data \
-        --split-file ../shared/data/mt_defects/splits/differnet_train_free.txt
+    python -m benchmarks.accuracy --data-root ../shared/data
 
-`quick` profile (offline teacher), 3 seeds, five configurations: dskd, se_only, sd_only, dskd_no_df and dskd
-with df_source=teacher. Runs are cached under results/runs/, so an interrupted benchmark continues where it
-stopped. Writes results/benchmarks/accuracy_mt.csv and .md.
+Datasets: MT Defects (DifferNet's training list when it lies beside the data), MPDD and MVTec AD, each with
+whatever categories the data root holds (here: MPDD metal_plate, MVTec AD bottle without masks). Configurations:
+dskd, se_only, sd_only, dskd_no_df; `quick` profile; seeds 0 1 2. Runs are cached under results/runs/ (shared
+with `./run_all.sh --profile quick`), so an interrupted benchmark continues where it stopped, and a call with
+one seed first and more seeds later only trains what is new. Writes results/benchmarks/accuracy_real.csv and .md.
 """
 
 from __future__ import annotations
@@ -20,70 +21,92 @@ from dskd import suite
 from dskd.config import FIT_MODES, MAP_NORMS, PRECISIONS
 from dskd.files import atomic_write, write_text
 from dskd.methods import METHODS
+from dskd.tables import ABSENT
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("dskd", "se_only", "sd_only", "dskd_no_df", "dskd_df_teacher")
+CONFIGS = ("dskd", "se_only", "sd_only", "dskd_no_df")
+DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 
 
-def accuracy_table(runs: pd.DataFrame, exp: suite.Experiment) -> pd.DataFrame:
-    cfg = exp.config("mt_defects", exp.seeds[0])
+def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset x category x configuration: mean and std over seeds of every metric, per-defect-type
+    image AUROC, and the mean training minutes of one run. Absent metrics (no masks) stay NaN."""
     rows = []
-    for method, sub in runs.groupby("method", sort=False):
-        method_cfg = exp.config("mt_defects", exp.seeds[0], **METHODS[method].overrides).validate()
-        row = {"variant": method_cfg.model.variant, "df_source": method_cfg.model.df_source,
-               "config": method, "seeds": len(sub)}
+    for (dataset, category, method), sub in runs.groupby(["dataset", "category", "method"], sort=False):
+        row = {"dataset": dataset, "category": category, "config": method, "seeds": len(sub)}
         for m in suite.METRICS:
-            row[f"{m}_mean"], row[f"{m}_std"] = sub[m].mean(), sub[m].std(ddof=0)
+            values = pd.to_numeric(sub[m], errors="coerce") if m in sub else pd.Series(dtype=float)
+            row[f"{m}_mean"], row[f"{m}_std"] = values.mean(), values.std(ddof=0)
         per_type = pd.DataFrame(list(sub["per_defect_image_auroc"])).mean()
         row.update({f"image_auroc_{t}": v for t, v in per_type.items()})
-        row.update(backbone=cfg.model.backbone, image_size=cfg.image_size, epochs=cfg.epochs,
-                   fit_mode=cfg.fit_mode, map_norm=cfg.model.map_norm,
-                   train_minutes=float(sub["train_minutes"].sum()))
+        row["train_minutes_per_run"] = float(sub["train_minutes"].mean())
         rows.append(row)
-    return pd.DataFrame(rows).set_index("config")
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, std: float) -> str:
+    return ABSENT if pd.isna(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown_report(table: pd.DataFrame, described: dict[str, str], minutes: float) -> str:
+    shown = table[["dataset", "category", "config", "seeds"]].copy()
+    for m in suite.METRICS:
+        shown[m] = [_cell(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
+    shown["train min/run"] = table["train_minutes_per_run"].round(2)
+    lines = ["# Accuracy on real data: dual student vs single students", "",
+             "Measured by `python -m benchmarks.accuracy` on this 2-core CPU. Values in percent, mean ± std over "
+             "seeds; — : the data has no masks. Settings per dataset:", ""]
+    lines += [f"- {d}: {text}" for d, text in described.items()]
+    lines += ["", suite.markdown(shown.set_index(["dataset", "category", "config"])), ""]
+    for (dataset, category), sub in table.groupby(["dataset", "category"], sort=False):
+        per_type = sub.set_index("config")[[c for c in sub.columns if c.startswith("image_auroc_")
+                                             and not c.endswith(("_mean", "_std"))]].dropna(axis=1, how="all")
+        lines += [f"Per defect type, image AUROC, {dataset} / {category} (percent, mean over seeds):", "",
+                  suite.markdown((100 * per_type).round(1)), ""]
+    lines.append(f"Benchmark wall time: {minutes:.1f} min (cached runs take no training time).")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True)
-    p.add_argument("--split-file", help="MT_Free training list (default: the documented 80/20 split)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(METHODS))
     p.add_argument("--profile", default="quick")
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--split-file", help="MT Defects' training list (default: DifferNet's, when beside the data)")
     p.add_argument("--fit-mode", choices=FIT_MODES)
     p.add_argument("--map-norm", choices=MAP_NORMS)
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--out", default=str(REPO / "results"))
-    p.add_argument("--name", default="accuracy_mt", help="file name of the table under <out>/benchmarks/")
+    p.add_argument("--name", default="accuracy_real", help="file name of the table under <out>/benchmarks/")
     args = p.parse_args(argv)
 
-    out = Path(args.out)
-    exp = suite.experiment(dataset="mt_defects", profile=args.profile, data_root=args.data_root, seeds=args.seeds,
-                           out_dir=out, image_size=args.image_size, epochs=args.epochs, split_file=args.split_file,
-                           fit_mode=args.fit_mode, map_norm=args.map_norm, precision=args.precision)
-    if exp.skipped or exp.stand_in:
-        raise SystemExit(f"error: {exp.skipped or 'profile ' + args.profile + ' does not use real data'}")
-    t0 = time.perf_counter()
-    runs = suite.run_grid(exp, args.configs, quiet=False)
-    table = accuracy_table(runs, exp)
+    out, t0 = Path(args.out), time.perf_counter()
+    all_runs, described = [], {}
+    for dataset in args.datasets:
+        exp = suite.experiment(dataset=dataset, profile=args.profile, data_root=args.data_root, seeds=args.seeds,
+                               out_dir=out, image_size=args.image_size, epochs=args.epochs, fit_mode=args.fit_mode,
+                               map_norm=args.map_norm, precision=args.precision,
+                               split_file=args.split_file if dataset == "mt_defects" else None)
+        if exp.stand_in:
+            raise SystemExit(f"error: profile {args.profile} does not use real data")
+        if exp.skipped:
+            print(f"skipped {dataset}: {exp.skipped}")
+            continue
+        cfg = exp.config(exp.categories[0], exp.seeds[0]).validate()
+        split = f"; training list {Path(cfg.split_file).name}" if cfg.split_file else ""
+        described[dataset] = (f"{exp.describe()}; fit mode {cfg.fit_mode}, map normalization {cfg.model.map_norm}, "
+                              f"BatchNorm recalibration {'on' if cfg.recalibrate_bn else 'off'}{split}")
+        all_runs.append(suite.run_grid(exp, args.configs, quiet=False).assign(dataset=dataset))
+    if not all_runs:
+        raise SystemExit("error: none of the datasets was found under --data-root")
+    table = accuracy_table(pd.concat(all_runs, ignore_index=True))
     target = out / "benchmarks"
-    atomic_write(target / f"{args.name}.csv", lambda tmp: table.round(4).to_csv(tmp))
-    shown = table[[c for c in table.columns if c.endswith(("_mean", "_std"))] + ["train_minutes"]].copy()
-    for m in suite.METRICS:
-        pairs = zip(shown[f"{m}_mean"], shown[f"{m}_std"], strict=True)
-        shown[m] = [f"{100 * a:.1f} ± {100 * b:.1f}" for a, b in pairs]
-    per_type = table[[c for c in table.columns if c.startswith("image_auroc_") and not c.endswith(("mean", "std"))]]
-    write_text(target / f"{args.name}.md", "\n".join([
-        f"# {args.name}", "",
-        f"Measured by this suite on {exp.describe()}; split file: {args.split_file or 'default'}.",
-        f"Fit mode {table['fit_mode'].iloc[0]}, map normalization {table['map_norm'].iloc[0]}. "
-        f"Values in percent, mean ± std over seeds; train_minutes summed over seeds.", "",
-        suite.markdown(shown[[*suite.METRICS, "train_minutes"]].assign(train_minutes=shown["train_minutes"].round(1))),
-        "", "Per defect type, image AUROC (percent, mean over seeds):", "",
-        suite.markdown((100 * per_type).round(1)), "",
-        f"Benchmark wall time: {(time.perf_counter() - t0) / 60:.1f} min (cached runs take no training time).", ""]))
+    atomic_write(target / f"{args.name}.csv", lambda tmp: table.round(4).to_csv(tmp, index=False))
+    write_text(target / f"{args.name}.md", markdown_report(table, described, (time.perf_counter() - t0) / 60))
     print((target / f"{args.name}.md").read_text())
     return 0
 

@@ -33,18 +33,13 @@ class ExecutorConfig:
     cpus_per_run: float = 1.0
     max_retries: int = 3  # how often a run whose worker or node died is started again
 
-    @classmethod
-    def from_env(cls) -> ExecutorConfig:
-        """What `./run_all.sh --executor ...` passes to the notebooks it runs."""
-        env = os.environ.get
-        gpus = env("DSKD_GPUS_PER_RUN")
-        return cls(env("DSKD_EXECUTOR", "local"), env("DSKD_RAY_ADDRESS") or None,
-                   None if gpus in (None, "") else float(gpus), float(env("DSKD_CPUS_PER_RUN", "1")))
-
-    def to_env(self) -> dict[str, str]:
-        return {"DSKD_EXECUTOR": self.name, "DSKD_RAY_ADDRESS": self.ray_address or "",
-                "DSKD_GPUS_PER_RUN": "" if self.gpus_per_run is None else str(self.gpus_per_run),
-                "DSKD_CPUS_PER_RUN": str(self.cpus_per_run)}
+    def validate(self) -> ExecutorConfig:
+        if self.name not in EXECUTORS:
+            raise DskdError(f"executor '{self.name}' is not one of {', '.join(EXECUTORS)}")
+        if (self.gpus_per_run is not None and self.gpus_per_run < 0) or self.cpus_per_run <= 0:
+            raise DskdError(f"gpus_per_run must be >= 0 and cpus_per_run > 0, got {self.gpus_per_run} and "
+                            f"{self.cpus_per_run}")
+        return self
 
 
 @dataclass
@@ -96,9 +91,7 @@ def execute(configs: list[RunConfig], runs_root: Path | str, executor: ExecutorC
             quiet: bool = False) -> list[Outcome]:
     """Train and evaluate every distinct run of `configs` (two equal configs are one run); one Outcome each, in
     the order given."""
-    executor = executor or ExecutorConfig()
-    if executor.name not in EXECUTORS:
-        raise DskdError(f"executor '{executor.name}' is not one of {', '.join(EXECUTORS)}")
+    executor = (executor or ExecutorConfig()).validate()
     unique = list({run_folder(c, runs_root): c for c in configs}.items())
     if executor.name == "ray":
         from .ray_executor import run_on_ray

@@ -44,6 +44,7 @@ class Experiment:
     overrides: dict[str, Any] = field(default_factory=dict)
     stand_in: bool = False  # True when the synthetic textures stand in for the benchmark (demo profile)
     skipped: str | None = None  # why nothing was run (quick profile, data absent)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where `run_grid` trains the runs it lacks
 
     @property
     def data_name(self) -> str:
@@ -61,6 +62,10 @@ class Experiment:
     def only(self, *categories: str) -> Experiment:
         return dataclasses.replace(self, categories=list(categories))
 
+    @property
+    def profile_teacher(self) -> str:
+        return profile_config(self.profile).model.backbone
+
     def describe(self) -> str:
         cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("any")
         return (f"{self.label}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
@@ -70,16 +75,21 @@ class Experiment:
 
 def experiment(*, dataset: str, profile: str = "demo", data_root: str | None = None,
                categories: Sequence[str] | None = None, seeds: Sequence[int] = (0,), out_dir: str | Path = "results",
-               **overrides: Any) -> Experiment:
+               executor: str | None = None, ray_address: str | None = None, gpus_per_run: float | None = None,
+               cpus_per_run: float | None = None, **overrides: Any) -> Experiment:
     """Resolve a notebook's parameters; `overrides` are any settings (backbone, image_size, epochs, ...; None
     keeps the profile's). Under `demo` and `test` the synthetic textures stand in for the benchmark; under
-    `quick` an absent benchmark is skipped (and said so); under `paper` it is an error."""
+    `quick` an absent benchmark is skipped (and said so); under `paper` it is an error. `executor` ("local", the
+    default, or "ray") and its options say where `run_grid` trains, as `./run_all.sh --executor` does."""
     if profile not in PROFILES:
         raise DskdError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     spec, out_dir = get_dataset(dataset), Path(out_dir)
     extra = {k: v for k, v in overrides.items() if v is not None}
-    root = data_root or str(out_dir / "data")
-    base = dict(dataset=dataset, profile=profile, data_root=root, seeds=list(seeds), out_dir=out_dir, overrides=extra)
+    root = str(Path(data_root).expanduser().resolve()) if data_root else str(out_dir / "data")
+    runner = ExecutorConfig(executor or "local", ray_address, gpus_per_run,
+                            1.0 if cpus_per_run is None else float(cpus_per_run)).validate()
+    base = dict(dataset=dataset, profile=profile, data_root=root, seeds=list(seeds), out_dir=out_dir, overrides=extra,
+                executor=runner)
     if PROFILES[profile].get("dataset") == "synthetic" or dataset == "synthetic":
         cats = list(categories or get_dataset("synthetic").categories)
         return Experiment(categories=cats[:1] if profile == "test" else cats, stand_in=dataset != "synthetic", **base)
@@ -99,6 +109,8 @@ def experiment(*, dataset: str, profile: str = "demo", data_root: str | None = N
         wanted = [c for c in wanted if c in found]
         if not wanted:
             return Experiment(categories=[], skipped=reason, **base)
+    if "split_file" not in extra and spec.standard_split_file(root):
+        extra["split_file"] = spec.standard_split_file(root)
     return Experiment(categories=wanted, **base)
 
 
@@ -123,8 +135,8 @@ def grid_configs(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[
 
 def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("dskd",),
              quiet: bool = True) -> pd.DataFrame:
-    """Train (if needed) and evaluate every category x method x seed on the executor `./run_all.sh` chose (local
-    by default); one row per run. A run that fails is logged with its error and left out of the table.
+    """Train (if needed) and evaluate every category x method x seed on the experiment's executor (local by
+    default); one row per run. A run that fails is logged with its error and left out of the table.
 
     Under `./run_all.sh`'s planning pass (DSKD_PLAN names a file) nothing trains: the runs are only recorded."""
     grid = grid_configs(exp, methods)
@@ -133,7 +145,7 @@ def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str,
         record_plan(Path(os.environ["DSKD_PLAN"]), [cfg for *_, cfg in grid], runs_root)
         return pd.DataFrame()
     t0 = time.perf_counter()
-    outcomes = execute([cfg for *_, cfg in grid], runs_root, ExecutorConfig.from_env(), quiet=quiet)
+    outcomes = execute([cfg for *_, cfg in grid], runs_root, exp.executor, quiet=quiet)
     rows = []
     for (category, name, seed, _), outcome in zip(grid, outcomes, strict=True):
         if not outcome.ok:

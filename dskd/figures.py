@@ -14,23 +14,29 @@ from .files import atomic_write
 QUALITATIVE_COLUMNS = ("image", "ground truth", "teacher − Se", "teacher − Sd", "fused", "overlay")
 
 
-def save_figure(fig, name: str, out_dir: str | Path = "results") -> list[Path]:
-    paths = []
+def save_figure(fig, name: str, out_dir: str | Path = "results") -> None:
+    """`figures/<name>.png` (150 dpi) and `.pdf`; the notebook shows the figure itself."""
     for ext in ("png", "pdf"):
         target = Path(out_dir) / "figures" / f"{name}.{ext}"
         atomic_write(target, lambda tmp, e=ext: fig.savefig(tmp, format=e, dpi=150, bbox_inches="tight"))
-        paths.append(target)
-    return paths
 
 
-def pick_samples(saved: SavedMaps, n: int) -> list[int]:
-    """The first defective test image of each defect type, in file order, then more of them, up to n."""
-    types = saved.defect_types
-    defective = [i for i in np.argsort(saved.paths, kind="stable") if saved.labels[i] == 1]
-    firsts = list(dict.fromkeys(types[i] for i in defective))
-    picks = [next(i for i in defective if types[i] == t) for t in firsts][:n]
-    picks += [i for i in defective if i not in picks][: n - len(picks)]
-    return picks
+PICK_RULE = ("rows: the median-scoring defective image of each defect type, then the highest-scoring good image "
+             "(the worst false-positive candidate); chosen by rule, not by hand")
+
+
+def pick_samples(saved: SavedMaps, n: int) -> list[tuple[int, str]]:
+    """(index, why) of up to n samples: the defective image with the median score of each defect type (types
+    in name order), then the good image with the highest score."""
+    types = np.asarray(saved.defect_types)
+    picks = []
+    for t in sorted(set(types[saved.labels == 1])):
+        members = np.flatnonzero((types == t) & (saved.labels == 1))
+        ranked = members[np.argsort(saved.scores[members], kind="stable")]
+        picks.append((int(ranked[(len(ranked) - 1) // 2]), f"median {t}"))
+    good = np.flatnonzero(saved.labels == 0)
+    worst = [(int(good[np.argmax(saved.scores[good])]), "top-scoring good")] if good.size else []
+    return picks[: max(0, n - len(worst))] + worst
 
 
 def _blank(ax, text: str | None = None) -> None:
@@ -40,7 +46,7 @@ def _blank(ax, text: str | None = None) -> None:
         ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
 
 
-def _qualitative_row(fig, axes, saved: SavedMaps, i: int) -> None:
+def _qualitative_row(fig, axes, saved: SavedMaps, i: int, why: str) -> None:
     """One sample: the students' maps share one colour scale so that they can be compared directly."""
     img, fused = saved.images[i], saved.maps[i].astype(np.float32)
     student = {n: saved.per_student[n][i].astype(np.float32) for n in saved.students}
@@ -48,7 +54,8 @@ def _qualitative_row(fig, axes, saved: SavedMaps, i: int) -> None:
     for ax in axes:
         _blank(ax)
     axes[0].imshow(img)
-    axes[0].set_ylabel(f"{saved.defect_types[i]}\n{Path(saved.paths[i]).name}", fontsize=8)
+    verdict = "flagged" if saved.scores[i] >= saved.threshold else "passed"
+    axes[0].set_ylabel(f"{why}\n{Path(saved.paths[i]).name}\nscore {saved.scores[i]:.2f} ({verdict})", fontsize=7)
     if saved.masks is None:
         _blank(axes[1], "no mask")
     else:
@@ -67,8 +74,8 @@ def _qualitative_row(fig, axes, saved: SavedMaps, i: int) -> None:
 def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
     """Rows of test samples: image, ground truth, teacher-Se map, teacher-Sd map, fused map, overlay.
 
-    The samples are fixed by a rule (the first defective image of each defect type in file order, then more),
-    never picked by hand; the dskd run of the table is shown when there is one."""
+    The samples are fixed by a rule stated under the figure (`PICK_RULE`), never picked by hand; the dskd run
+    of the table is shown when there is one."""
     import matplotlib.pyplot as plt
 
     if runs.empty:  # skipped data, or the planning pass of ./run_all.sh
@@ -81,12 +88,15 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
     cols = QUALITATIVE_COLUMNS
     fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.2 * len(picks)), squeeze=False,
                              layout="constrained")
-    for row, i in enumerate(picks):
-        _qualitative_row(fig, axes[row], saved, i)
+    for row, (i, why) in enumerate(picks):
+        _qualitative_row(fig, axes[row], saved, i, why)
     for ax, name in zip(axes[0], cols, strict=True):
         ax.set_title(name, fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
+    threshold = "" if not np.isfinite(saved.threshold) else f"; flagged: score >= the run's threshold " \
+        f"{saved.threshold:.2f}"
+    fig.supxlabel(PICK_RULE + threshold, fontsize=8)
     return fig
 
 

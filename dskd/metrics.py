@@ -39,6 +39,16 @@ def image_auroc(labels, scores) -> float:
     return _auroc(scores[labels], scores[~labels])
 
 
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """The exact image-level ROC curve (false- and true-positive rates, one corner per distinct score)."""
+    labels, scores = _as_arrays(labels, scores)
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], labels[order]
+    corners = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+    tp, fp = np.cumsum(hits)[corners], np.cumsum(~hits)[corners]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
 def _within(masks, maps, valid) -> tuple[np.ndarray, np.ndarray]:
     """Flat masks and maps, restricted to the `valid` pixels (None: all of them)."""
     masks, maps = _as_arrays(masks, maps)

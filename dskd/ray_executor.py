@@ -43,7 +43,7 @@ def _probe(path: str, token: str) -> str | None:
             return "it sees another file at that path"
         (marker.parent / f"{marker.name}-{ray.get_runtime_context().get_node_id()}").write_text(token)
     except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
     return None
 
 

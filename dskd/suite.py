@@ -1,6 +1,6 @@
-"""What the notebooks call, in one namespace: experiments, tables, figures, ablations and saved maps.
+"""What the notebooks call, in one namespace: experiments, tables, figures, charts, ablations and saved maps.
 
-Each piece lives in its own module (`experiments`, `tables`, `figures`, `ablations`, `archive`); a notebook
+Each piece lives in its own module (`experiments`, `tables`, `figures`, `plots`, `ablations`, `archive`); a notebook
 imports this one and calls two or three of these functions.
 """
 
@@ -12,11 +12,13 @@ from .archive import load as load_maps
 from .experiments import Experiment, evaluated, experiment, run_grid
 from .figures import pick_samples, qualitative_figure, save_figure, show_samples
 from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
+from .plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure
 from .tables import METRICS, benchmark_table, markdown, method_table, per_defect_table, reference, save_table, summarize
 
 __all__ = [
     "ABLATION_DF", "ABLATION_STUDENTS", "METHODS", "METRICS", "SCALE_SUBSETS", "TABLE_METHODS", "Experiment",
-    "SavedMaps", "benchmark_table", "complexity_table", "evaluated", "experiment", "load_maps", "markdown",
-    "method_table", "multiscale_ablation", "per_defect_table", "pick_samples", "qualitative_figure", "reference",
-    "refuse", "run_grid", "save_figure", "save_table", "show_samples", "summarize", "teacher_weights_available",
+    "SavedMaps", "bars_figure", "benchmark_table", "complexity_table", "cost_figure", "curves_figure", "evaluated",
+    "experiment", "load_maps", "markdown", "method_bars", "method_table", "multiscale_ablation", "multiscale_bars",
+    "per_defect_table", "pick_samples", "qualitative_figure", "reference", "refuse", "run_grid", "save_figure",
+    "save_table", "show_samples", "summarize", "teacher_weights_available", "training_figure",
 ]

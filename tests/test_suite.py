@@ -18,6 +18,27 @@ def test_quick_profile_skips_an_absent_benchmark_and_paper_refuses(tmp_path):
         suite.experiment(dataset="mvtec_ad", profile="paper", data_root=str(tmp_path))
 
 
+def test_mt_defects_uses_differnets_list_when_it_lies_beside_the_data(mt):
+    exp = suite.experiment(dataset="mt_defects", profile="quick", data_root=str(mt), out_dir=mt)
+    assert "split_file" not in exp.overrides  # no list beside the data: the documented seeded split
+    split = mt / "mt_defects" / "splits" / "differnet_train_free.txt"
+    split.parent.mkdir()
+    split.write_text("f0.jpg\nf1.jpg\n")
+    exp = suite.experiment(dataset="mt_defects", profile="quick", data_root=str(mt), out_dir=mt)
+    cfg = exp.config("mt_defects", 0)
+    assert cfg.split_file == str(split.resolve())
+    from dskd.data import load_dataset
+    train = load_dataset("mt_defects", cfg.data_root, "mt_defects", "train", 32, split_file=cfg.split_file)
+    assert sorted(Path(s.path).name for s in train.samples) == ["f0.jpg", "f1.jpg"]
+    other = suite.experiment(dataset="mt_defects", profile="quick", data_root=str(mt), split_file="mine.txt")
+    assert other.config("mt_defects", 0).split_file == "mine.txt"  # an explicit list wins
+
+
+def test_experiment_rejects_an_unknown_executor():
+    with pytest.raises(DskdError, match="executor 'slurm' is not one of local, ray"):
+        suite.experiment(dataset="mt_defects", profile="demo", executor="slurm")
+
+
 def test_demo_profile_labels_the_stand_in():
     exp = suite.experiment(dataset="mt_defects", profile="demo")
     assert exp.stand_in and exp.data_name == "synthetic" and exp.categories == ["stripes", "grid", "noise"]

@@ -26,6 +26,15 @@ class DatasetSpec:
     folder_names: tuple[str, ...]  # names the dataset's folder may have under a common data root, preferred first
     marker: str = "train"  # what a category folder holds (or, for single-category layouts, the dataset folder)
     textures: tuple[str, ...] = ()  # categories averaged as textures in tables (the rest are objects)
+    standard_split: str | None = None  # the field's usual training list, relative to the dataset's folder
+
+    def standard_split_file(self, root: Path | str) -> str | None:
+        """The usual protocol's training list when it lies beside the data (MT Defects: DifferNet's 761 images),
+        so that tables use the split the published numbers used."""
+        if self.standard_split is None:
+            return None
+        path = dataset_root(self.name, root) / self.standard_split
+        return str(path.resolve()) if path.is_file() else None
 
     def looks_like(self, folder: Path) -> bool:
         """Does `folder` have this dataset's layout (rather than being a parent of it)?"""
@@ -48,7 +57,8 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("mvtec3d", "MVTec 3D-AD (RGB)", mvtec3d_samples, MVTEC3D_CATEGORIES,
                 ("mvtec3d", "mvtec_3d_anomaly_detection", "mvtec_3d")),
     DatasetSpec("mt_defects", "MT Defects", mt_defects_samples, ("mt_defects",),
-                ("mt_defects", "Magnetic-tile-defect-datasets.", "Magnetic-tile-defect-datasets"), marker="MT_Free"),
+                ("mt_defects", "Magnetic-tile-defect-datasets.", "Magnetic-tile-defect-datasets"), marker="MT_Free",
+                standard_split="splits/differnet_train_free.txt"),
     DatasetSpec("mpdd", "MPDD", mvtec_samples, MPDD_CATEGORIES, ("mpdd", "MPDD")),
     DatasetSpec("folder", "own folder", folder_samples, (), (), marker="good"),
     DatasetSpec("synthetic", "synthetic textures", mvtec_samples, synthetic.CATEGORIES, ("synthetic",)),
