@@ -4,8 +4,8 @@
 
 Datasets: MT Defects (DifferNet's training list when it lies beside the data), MPDD and MVTec AD, each with
 whatever categories the data root holds (here: MPDD metal_plate, MVTec AD bottle without masks). Configurations:
-dskd, se_only, sd_only, dskd_no_df; `quick` profile; seeds 0 1 2. Runs are cached under results/runs/ (shared
-with `./run_all.sh --profile quick`), so an interrupted benchmark continues where it stopped, and a call with
+dskd, se_only, sd_only, dskd_no_df; `quick` profile; seeds 0 1 2. Runs are cached under results/quick/runs/
+(shared with `./run_all.sh --profile quick`), so an interrupted benchmark continues where it stopped, and a call with
 one seed first and more seeds later only trains what is new. Writes results/benchmarks/accuracy_real.csv and .md.
 """
 
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-mode", choices=FIT_MODES)
     p.add_argument("--map-norm", choices=MAP_NORMS)
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--out", default=str(REPO / "results"))
+    p.add_argument("--out", default=str(REPO / "results"), help="tables go to <out>/benchmarks/")
+    p.add_argument("--runs-root", help="run folders (default: <out>/<profile>/runs, shared with ./run_all.sh)")
     p.add_argument("--name", default="accuracy_real", help="file name of the table under <out>/benchmarks/")
     args = p.parse_args(argv)
 
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         exp = suite.experiment(dataset=dataset, profile=args.profile, data_root=args.data_root, seeds=args.seeds,
                                out_dir=out, image_size=args.image_size, epochs=args.epochs, fit_mode=args.fit_mode,
                                map_norm=args.map_norm, precision=args.precision,
-                               split_file=args.split_file if dataset == "mt_defects" else None)
+                               split_file=args.split_file if dataset == "mt_defects" else None,
+                               runs_root=args.runs_root or out / args.profile / "runs")
         if exp.stand_in:
             raise SystemExit(f"error: profile {args.profile} does not use real data")
         if exp.skipped:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     root, out = Path(args.data_root).resolve(), Path(args.out)
     keys, cfgs = zip(*configs(root, args.seeds, args.variant), strict=True)
     t0 = time.perf_counter()
-    outcomes = execute(list(cfgs), out / "runs")
+    outcomes = execute(list(cfgs), out / "quick" / "runs")  # shared with ./run_all.sh --profile quick
     rows = []
     for (size, epochs, label, seed), o in zip(keys, outcomes, strict=True):
         if not o.ok:

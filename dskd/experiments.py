@@ -45,6 +45,11 @@ class Experiment:
     stand_in: bool = False  # True when the synthetic textures stand in for the benchmark (demo profile)
     skipped: str | None = None  # why nothing was run (quick profile, data absent)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where `run_grid` trains the runs it lacks
+    runs_folder: Path | None = None  # where run folders live; None: <out_dir>/runs
+
+    @property
+    def runs_root(self) -> Path:
+        return self.runs_folder or self.out_dir / "runs"
 
     @property
     def data_name(self) -> str:
@@ -76,20 +81,21 @@ class Experiment:
 def experiment(*, dataset: str, profile: str = "demo", data_root: str | None = None,
                categories: Sequence[str] | None = None, seeds: Sequence[int] = (0,), out_dir: str | Path = "results",
                executor: str | None = None, ray_address: str | None = None, gpus_per_run: float | None = None,
-               cpus_per_run: float | None = None, **overrides: Any) -> Experiment:
+               cpus_per_run: float | None = None, runs_root: str | Path | None = None, **overrides: Any) -> Experiment:
     """Resolve a notebook's parameters; `overrides` are any settings (backbone, image_size, epochs, ...; None
     keeps the profile's). Under `demo` and `test` the synthetic textures stand in for the benchmark; under
     `quick` an absent benchmark is skipped (and said so); under `paper` it is an error. `executor` ("local", the
-    default, or "ray") and its options say where `run_grid` trains, as `./run_all.sh --executor` does."""
+    default, or "ray") and its options say where `run_grid` trains, as `./run_all.sh --executor` does; run folders
+    go to `runs_root` (default `<out_dir>/runs`), which benchmarks and notebooks of one profile share."""
     if profile not in PROFILES:
         raise DskdError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     spec, out_dir = get_dataset(dataset), Path(out_dir)
     extra = {k: v for k, v in overrides.items() if v is not None}
-    root = str(Path(data_root).expanduser().resolve()) if data_root else str(out_dir / "data")
+    root = str(Path(data_root or out_dir / "data").expanduser().resolve())
     runner = ExecutorConfig(executor or "local", ray_address, gpus_per_run,
                             1.0 if cpus_per_run is None else float(cpus_per_run)).validate()
     base = dict(dataset=dataset, profile=profile, data_root=root, seeds=list(seeds), out_dir=out_dir, overrides=extra,
-                executor=runner)
+                executor=runner, runs_folder=Path(runs_root) if runs_root else None)
     if PROFILES[profile].get("dataset") == "synthetic" or dataset == "synthetic":
         cats = list(categories or get_dataset("synthetic").categories)
         return Experiment(categories=cats[:1] if profile == "test" else cats, stand_in=dataset != "synthetic", **base)
@@ -140,7 +146,7 @@ def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str,
 
     Under `./run_all.sh`'s planning pass (DSKD_PLAN names a file) nothing trains: the runs are only recorded."""
     grid = grid_configs(exp, methods)
-    runs_root = exp.out_dir / "runs"
+    runs_root = exp.runs_root
     if os.environ.get("DSKD_PLAN"):
         record_plan(Path(os.environ["DSKD_PLAN"]), [cfg for *_, cfg in grid], runs_root)
         return pd.DataFrame()

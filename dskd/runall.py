@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from .config import PROFILES
 from .errors import DskdError
 from .executors import EXECUTORS, ExecutorConfig
-from .files import write_json
+from .files import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="run only these notebooks (a name or its prefix, e.g. 10_table_mvtec_ad or 10)")
     p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
-    p.add_argument("--out", default=str(REPO / "results"), help="results folder (default: results/)")
+    p.add_argument("--out", help="results folder (default: results/<profile>/)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: each notebook trains its runs in turn; ray: one pass plans every run the notebooks "
                         "need, Ray trains them (every GPU of this machine, or a cluster), then the notebooks run")
@@ -109,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except DskdError as exc:  # said before anything runs
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out).resolve()
-    params = {"profile": args.profile, "out_dir": str(out_dir)}
+    out_dir = Path(args.out or REPO / "results" / args.profile).resolve()
+    params = {"profile": args.profile, "out_dir": _shown(out_dir)}  # notebooks run in notebooks/
     if args.data_root:
-        params["data_root"] = str(Path(args.data_root).resolve())
+        params["data_root"] = _shown(Path(args.data_root).resolve())
     if args.profile == "test":
         params["complexity_size"] = 64
     t0 = time.perf_counter()
@@ -132,9 +133,44 @@ def main(argv: list[str] | None = None) -> int:
     for name, status, minutes in results:
         print(f"{name:<32} {status:<40} {minutes:>7.1f}")
     failed = [r for r in results if r[1].startswith("FAILED")]
+    write_index(out_dir, args.profile, params.get("data_root"))
     print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
           f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")
     return 1 if failed or failed_runs else 0
+
+
+def _shown(path: Path) -> str:
+    """A path as the notebooks get it: relative to notebooks/ inside this repository (so that the executed copies
+    committed under results/ name no machine's folders), absolute elsewhere."""
+    return os.path.relpath(path, NOTEBOOKS) if path.is_relative_to(REPO) else str(path)
+
+
+def _owner(stem: str, sources: dict[str, str]) -> str:
+    """The notebook that writes a file: it names the file, or the file's name starts with an f-string's prefix."""
+    for nb, text in sources.items():
+        if f'"{stem}"' in text or any(stem.startswith(p) for p in re.findall(r'f"(\w+?_)\{', text)):
+            return nb
+    return "?"
+
+
+def write_index(out_dir: Path, profile: str, data_root: str | None) -> Path:
+    """`<out>/README.md`: every table and figure, the notebook that made it, what produced it, and the command."""
+    sources = {nb.stem: nb.read_text() for nb in sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))}
+    command = "./run_all.sh" + ("" if profile == "demo" else f" --profile {profile}") + \
+        (f" --data-root {os.path.relpath(NOTEBOOKS / data_root, REPO)}" if data_root else "")
+    size = sum(f.stat().st_size for sub in ("tables", "figures", "notebooks") for f in (out_dir / sub).glob("*.*")
+               if f.suffix in (".md", ".csv", ".png", ".pdf", ".ipynb"))
+    lines = [f"# {out_dir.name}: the `{profile}` profile", "",
+             f"Regenerate with `{command}` (one notebook: add `--only NAME`). Tables, figures and executed notebooks: "
+             f"{size / 1e6:.1f} MB.", "", "| file | notebook | what produced it |", "|---|---|---|"]
+    for table in sorted((out_dir / "tables").glob("*.md")):
+        said = next((ln for ln in table.read_text().splitlines()[1:] if ln.strip()), "")
+        lines.append(f"| [tables/{table.name}](tables/{table.name}) | {_owner(table.stem, sources)} | {said} |")
+    for fig in sorted((out_dir / "figures").glob("*.png")):
+        lines.append(f"| [figures/{fig.name}](figures/{fig.name}) (+ .pdf) | {_owner(fig.stem, sources)} | |")
+    for nb in sorted((out_dir / "notebooks").glob("*.ipynb")):
+        lines.append(f"| [notebooks/{nb.name}](notebooks/{nb.name}) | {nb.stem} | executed copy, with outputs |")
+    return write_text(out_dir / "README.md", "\n".join(lines) + "\n")
 
 
 def _announce(result: tuple[str, str, float]) -> tuple[str, str, float]:
