@@ -14,11 +14,16 @@ from .files import atomic_write
 QUALITATIVE_COLUMNS = ("image", "ground truth", "teacher − Se", "teacher − Sd", "fused", "overlay")
 
 
+IMAGE_DPI = 72  # grids of 128-256 px images are drawn near their own resolution: sharper would only be bigger
+
+
 def save_figure(fig, name: str, out_dir: str | Path = "results") -> None:
-    """`figures/<name>.png` (150 dpi) and `.pdf`; the notebook shows the figure itself."""
+    """`figures/<name>.png` and `.pdf`: charts at 150 dpi, image grids at their own (IMAGE_DPI), which keeps the
+    committed results browsable; the notebook shows the figure itself."""
+    dpi = fig.dpi if any(ax.images for ax in fig.axes) else 150
     for ext in ("png", "pdf"):
         target = Path(out_dir) / "figures" / f"{name}.{ext}"
-        atomic_write(target, lambda tmp, e=ext: fig.savefig(tmp, format=e, dpi=150, bbox_inches="tight"))
+        atomic_write(target, lambda tmp, e=ext: fig.savefig(tmp, format=e, dpi=dpi, bbox_inches="tight"))
 
 
 PICK_RULE = ("rows: the median-scoring defective image of each defect type, then the highest-scoring good image "
@@ -87,7 +92,7 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
     picks = pick_samples(saved, n_samples)
     cols = QUALITATIVE_COLUMNS
     fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.2 * len(picks)), squeeze=False,
-                             layout="constrained")
+                             layout="constrained", dpi=IMAGE_DPI)
     for row, (i, why) in enumerate(picks):
         _qualitative_row(fig, axes[row], saved, i, why)
     for ax, name in zip(axes[0], cols, strict=True):
@@ -105,7 +110,7 @@ def show_samples(dataset, n: int = 4):
     import matplotlib.pyplot as plt
 
     picks = [i for i, s in enumerate(dataset.samples) if s.label == 1][:n]
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.4 * len(picks), 5), squeeze=False)
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.4 * len(picks), 5), squeeze=False, dpi=IMAGE_DPI)
     for col, i in enumerate(picks):
         item = dataset[i]
         axes[0, col].imshow(item["image"].permute(1, 2, 0).numpy())

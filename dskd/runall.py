@@ -155,7 +155,8 @@ def _owner(stem: str, sources: dict[str, str]) -> str:
 
 def write_index(out_dir: Path, profile: str, data_root: str | None) -> Path:
     """`<out>/README.md`: every table and figure, the notebook that made it, what produced it, and the command."""
-    sources = {nb.stem: nb.read_text() for nb in sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))}
+    sources = {nb.stem: "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+               for nb in sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))}
     command = "./run_all.sh" + ("" if profile == "demo" else f" --profile {profile}") + \
         (f" --data-root {os.path.relpath(NOTEBOOKS / data_root, REPO)}" if data_root else "")
     size = sum(f.stat().st_size for sub in ("tables", "figures", "notebooks") for f in (out_dir / sub).glob("*.*")
