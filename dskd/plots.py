@@ -152,7 +152,8 @@ def multiscale_bars(table: pd.DataFrame, exp: Experiment | None = None):
 
 
 def training_figure(runs: pd.DataFrame, exp: Experiment | None = None):
-    """Each student's distillation loss per epoch (mean over categories and seeds; band: std)."""
+    """Each student's distillation loss per epoch, mean over categories and seeds (no band: categories differ in
+    scale far more than seeds do, so a spread over both would hide the curves)."""
     if runs.empty:
         return _nothing()
     plt, sns = _theme()
@@ -165,9 +166,10 @@ def training_figure(runs: pd.DataFrame, exp: Experiment | None = None):
                                             "method": r["method"], "student": student.capitalize()}))
     data = pd.concat(frames, ignore_index=True)
     fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
-    sns.lineplot(data=data, x="epoch", y="loss", hue="method", style="student", errorbar="sd", palette=colors(),
-                 marker="o", markersize=4, ax=ax)
+    sns.lineplot(data=data, x="epoch", y="loss", hue="method", style="student", errorbar=None, palette=colors(),
+                 markers=True, markersize=5, ax=ax)
     ax.set(ylabel="distillation loss (training images)", yscale="log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
     _title(fig, "training curves", exp)
     return fig
