@@ -73,7 +73,8 @@ class Experiment:
 
     def describe(self) -> str:
         cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("any")
-        return (f"{self.label}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
+        split = f" (training list {Path(cfg.split_file).name})" if cfg.split_file else ""
+        return (f"{self.label}{split}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
                 f"batch {cfg.batch_size}, {cfg.precision}, seeds {', '.join(map(str, self.seeds))}, "
                 f"profile '{self.profile}'")
 
