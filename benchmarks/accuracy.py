@@ -31,7 +31,7 @@ DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per dataset x category x configuration: mean and std over seeds of every metric, per-defect-type
-    image AUROC, and the mean training minutes of one run. Absent metrics (no masks) stay NaN."""
+    image AUROC, and the median training minutes of one run. Absent metrics (no masks) stay NaN."""
     rows = []
     for (dataset, category, method), sub in runs.groupby(["dataset", "category", "method"], sort=False):
         row = {"dataset": dataset, "category": category, "config": method, "seeds": len(sub)}
@@ -40,7 +40,8 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_mean"], row[f"{m}_std"] = values.mean(), values.std(ddof=0)
         per_type = pd.DataFrame(list(sub["per_defect_image_auroc"])).mean()
         row.update({f"image_auroc_{t}": v for t, v in per_type.items()})
-        row["train_minutes_per_run"] = float(sub["train_minutes"].mean())
+        # the median: one run slowed by another job on the same CPU does not move it
+        row["train_minutes_per_run"] = float(sub["train_minutes"].median())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -56,15 +57,32 @@ def _cell(mean: float, std: float) -> str:
     return ABSENT if pd.isna(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def markdown_report(table: pd.DataFrame, described: dict[str, str], minutes: float) -> str:
+def dual_against_single(per_dataset: pd.DataFrame) -> list[str]:
+    """Per metric, dskd against the better single student on the mean over the datasets that have the metric."""
+    means = per_dataset.groupby(level="config", sort=False).mean()  # NaN (no masks) skipped per metric
+    if not {"dskd", "se_only", "sd_only"} <= set(means.index):
+        return []
+    lines = ["dskd against the better single student, per metric, mean over the datasets that have it (points):", ""]
+    for m in suite.METRICS:
+        col = f"{m}_mean"
+        best = means.loc[["se_only", "sd_only"], col].idxmax()
+        gap = 100 * (means.loc["dskd", col] - means.loc[best, col])
+        verdict = "better" if gap > 0 else "worse" if gap < 0 else "equal"
+        lines.append(f"- {m}: dskd {100 * means.loc['dskd', col]:.2f}, {best} {100 * means.loc[best, col]:.2f}: "
+                     f"dskd is {verdict} by {abs(gap):.2f}.")
+    return [*lines, ""]
+
+
+def markdown_report(table: pd.DataFrame, described: dict[str, str], minutes: float, note: str = "") -> str:
     shown = table[["dataset", "category", "config", "seeds"]].copy()
     for m in suite.METRICS:
         shown[m] = [_cell(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
-    shown["train min/run"] = table["train_minutes_per_run"].round(2)
+    shown["train min/run (median)"] = table["train_minutes_per_run"].round(2)
     lines = ["# Accuracy on real data: dual student vs single students", "",
              "Measured by `python -m benchmarks.accuracy` on this 2-core CPU. Values in percent, mean ± std over "
              "seeds; — : the data has no masks. Settings per dataset:", ""]
     lines += [f"- {d}: {text}" for d, text in described.items()]
+    lines += ["", note] if note else []
     lines += ["", suite.markdown(shown.set_index(["dataset", "category", "config"])), ""]
     for (dataset, category), sub in table.groupby(["dataset", "category"], sort=False):
         per_type = sub.set_index("config")[[c for c in sub.columns if c.startswith("image_auroc_")
@@ -75,6 +93,7 @@ def markdown_report(table: pd.DataFrame, described: dict[str, str], minutes: flo
     score = (100 * per_dataset.mean(axis=1, skipna=True).groupby(level="config", sort=False).mean()).round(2)
     lines += ["Score of each configuration (the rule that chose the `quick` profile): mean over datasets of the mean "
               "of the available metrics, percent:", "", suite.markdown(score.to_frame("score")), ""]
+    lines += dual_against_single(per_dataset)
     lines.append(f"Benchmark wall time: {minutes:.1f} min (cached runs take no training time).")
     return "\n".join(lines) + "\n"
 
@@ -95,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "results"), help="tables go to <out>/benchmarks/")
     p.add_argument("--runs-root", help="run folders (default: <out>/<profile>/runs, shared with ./run_all.sh)")
     p.add_argument("--name", default="accuracy_real", help="file name of the table under <out>/benchmarks/")
+    p.add_argument("--note", default="", help="a line for the table's header (e.g. which runs shared the CPU)")
     p.add_argument("--only-cached", action="store_true",
                    help="train nothing: per dataset, tabulate the seeds whose runs of every configuration exist")
     args = p.parse_args(argv)
@@ -127,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     table = accuracy_table(pd.concat(all_runs, ignore_index=True))
     target = out / "benchmarks"
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.round(4).to_csv(tmp, index=False))
-    write_text(target / f"{args.name}.md", markdown_report(table, described, (time.perf_counter() - t0) / 60))
+    write_text(target / f"{args.name}.md", markdown_report(table, described, (time.perf_counter() - t0) / 60,
+                                                                      args.note))
     print((target / f"{args.name}.md").read_text())
     return 0
 

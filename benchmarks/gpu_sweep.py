@@ -39,6 +39,8 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
         runs = [(m, 64, 8, "stretch", s) for s in (0, 1, 2) for m in quick]
         runs += [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in ("dskd_df_both", "dskd_df_both_detach")]
         return runs + [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_df_teacher"]]
+    if name == "recipe":  # seventh session: MT's longer recipe, the quick profile (128 px) at twice its 21 epochs
+        return [(m, 128, 42, "stretch", s) for s in (0, 1, 2) for m in ("dskd", "se_only", "sd_only", "dskd_no_df")]
     if name == "longer":  # fourth session: do the students' roles settle further out?
         return [(m, 64, 30, "stretch", s) for s in (0, 1, 2) for m in TRIO]
     if name == "long":
@@ -102,6 +104,8 @@ def run_sweep(args: argparse.Namespace) -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     jobs = grid(args.grid)
+    if args.job is not None:  # one job of the grid: several such processes share a GPU without Ray
+        jobs = [jobs[args.job]]
     executor = ExecutorConfig(args.executor, args.ray_address, 1.0 / args.workers if args.device == "cuda" else 0.0,
                               max(1.0, (os.cpu_count() or 1) / args.workers))
     outcomes = execute([_config(*job, args) for job in jobs], args.runs, executor)
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root")
     p.add_argument("--split-file")
-    p.add_argument("--grid", choices=("explore", "long", "both", "longer", "smoke"), default="explore")
+    p.add_argument("--grid", choices=("explore", "long", "both", "longer", "recipe", "smoke"), default="explore")
+    p.add_argument("--job", type=int, help="run only this job (its index in the grid)")
     p.add_argument("--workers", type=int, default=6, help="runs at once per GPU (with --executor ray)")
     p.add_argument("--executor", choices=("local", "ray"), default="ray")
     p.add_argument("--ray-address", help="a running Ray cluster (default: start one on this machine)")

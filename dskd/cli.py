@@ -115,6 +115,9 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     x.add_argument("--image-size", type=int, help="input side (default: the run's)")
     x.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size (default: dynamic)")
     x.add_argument("--student-maps", action="store_true", help="also output each student's map")
+    x.add_argument("--int8", action="store_true",
+                   help="OpenVINO only: quantize the networks to INT8 (NNCF), calibrated on the run's training images")
+    x.add_argument("--calibration-images", type=int, default=300, help="with --int8: how many (default 300)")
     return p
 
 
@@ -174,7 +177,8 @@ def _export(args: argparse.Namespace) -> None:
     if args.batch != "dynamic" and not (args.batch.isdigit() and int(args.batch) > 0):
         raise DskdError(f"--batch must be 'dynamic' or a positive whole number, not '{args.batch}'")
     print(export(args.run, args.format, args.out, image_size=args.image_size,
-                 batch=None if args.batch == "dynamic" else int(args.batch), student_maps=args.student_maps))
+                 batch=None if args.batch == "dynamic" else int(args.batch), student_maps=args.student_maps,
+                 int8=args.int8, calibration_images=args.calibration_images))
 
 
 def _profile_in(argv: list[str]) -> str:

@@ -103,7 +103,8 @@ def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
     def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(images))
         v = None if valid is None else torch.from_numpy(valid)
-        (_, _, out), = maps_in_batches(loaded.model, x, loaded.device, len(x), loaded.precision, valid=v)
+        (_, _, out), = maps_in_batches(loaded.model, x, loaded.device, len(x), loaded.precision, valid=v,
+                                       keep_students=False)
         return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy()
 
     cfg = loaded.run.config

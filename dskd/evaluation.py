@@ -67,7 +67,8 @@ def _all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | Non
     per_student = {name: np.empty((n, s, s), np.float16) for name in model.students} if keep else {}
     native: dict[str, list[list[np.ndarray]]] = {name: [] for name in per_student}
     for sl, nat, out in maps_in_batches(model, images, loaded.device, loaded.run.config.batch_size * 2,
-                                        loaded.precision, desc="evaluate", quiet=quiet, valid=valid):
+                                        loaded.precision, desc="evaluate", quiet=quiet, valid=valid,
+                                        keep_students=keep):
         maps[sl], scores[sl] = out.map[:, 0].cpu().numpy(), out.score.cpu().numpy()
         for name in per_student:
             per_student[name][sl] = out.per_student[name][:, 0].cpu().numpy()

@@ -6,6 +6,12 @@ DF embedding, per-student and per-scale maps, the run's map normalization, fusio
 `fit_mode="pad"` also `valid`: bool, N x S x S, True where the input shows the image. Outputs: `map` (N x 1 x S x S),
 `score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`METADATA_KEYS`),
 so `dskd.deploy` can predict from it alone, without PyTorch.
+
+`int8=True` (OpenVINO only) quantizes the networks after training with NNCF, calibrated on the run's own training
+images (defect-free by construction, so no test image is seen). Kept in float: the map post-processing (cosine
+distances, normalization, fusion, smoothing, score; quantizing the smoothing would put the map itself on 256 levels)
+and depthwise convolutions (EfficientNet's; quantized, they cost MPDD 1.1 points of AUPRO, kept they cost 0.3; ResNets
+have none). Accuracy and speed against FP32: results/benchmarks/int8.md and speed_engines.md.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,7 +46,7 @@ class InferenceGraph(nn.Module):
         self.eval()
 
     def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None):
-        out = self.model.anomaly_map(images, valid=valid if self.padded else None)
+        out = self.model.anomaly_map(images, valid=valid if self.padded else None, keep_students=self.student_maps)
         if not self.student_maps:
             return out.map, out.score
         return out.map, out.score, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
@@ -85,23 +92,54 @@ def _to_onnx(graph: InferenceGraph, example: tuple, path: Path, batch: int | Non
 
 
 def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, image_size: int | None = None,
-           batch: int | None = None, student_maps: bool = False) -> Path:
-    """Write a run's inference path to `out` (default: `<run>/model<suffix>`); `batch=None` exports a dynamic
-    batch dimension. Returns the file (OpenVINO: the .xml beside its .bin)."""
+           batch: int | None = None, student_maps: bool = False, int8: bool = False,
+           calibration_images: int = 300) -> Path:
+    """Write a run's inference path to `out` (default: `<run>/model<suffix>`, `<run>/model_int8.xml` with `int8`);
+    `batch=None` exports a dynamic batch dimension. Returns the file (OpenVINO: the .xml beside its .bin)."""
     if fmt not in FORMATS:
         raise DskdError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
+    if int8 and fmt != "openvino":
+        raise DskdError(f"--int8 quantizes an OpenVINO model: use --format openvino, not {fmt}")
     loaded = load_run(run_dir, "cpu")
     size = image_size or loaded.run.config.image_size
-    target = Path(out) if out else loaded.run.path / f"model{SUFFIX[fmt]}"
-    export_model(loaded.model, fmt, target, metadata(loaded, size, batch), image_size=size, batch=batch,
-                 student_maps=student_maps, padded=loaded.run.config.fit_mode == "pad")
+    target = Path(out) if out else loaded.run.path / f"model{'_int8' if int8 else ''}{SUFFIX[fmt]}"
+    meta = metadata(loaded, size, batch)
+    calibration = None
+    if int8:
+        calibration = training_images(loaded, size, calibration_images)
+        meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)")
+    export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch,
+                 student_maps=student_maps, padded=loaded.run.config.fit_mode == "pad", calibration=calibration)
     log.info("exported %s to %s", loaded.run.path, target)
     return target
 
 
+def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to `limit` of the run's training images, evenly spaced over its list: float32 N x 3 x S x S in [0, 1]
+    and, in pad mode, their valid masks."""
+    from .batches import preload, valid_tensor
+    from .data import load_dataset
+
+    if limit < 1:
+        raise DskdError(f"--calibration-images must be at least 1, not {limit}")
+    cfg = loaded.run.config
+    try:
+        train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", size, require_masks=False,
+                                 split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+    except DskdError as exc:
+        raise DskdError(f"--int8 calibrates on the run's training images, which could not be loaded: {exc}") from exc
+    images, _ = preload(train_set, desc="calibration images")
+    pick = np.unique(np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int))
+    valid = valid_tensor(train_set)
+    return (images[pick].float().div_(255.0).numpy(),
+            None if valid is None or cfg.fit_mode != "pad" else valid[pick].numpy())
+
+
 def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
-                 batch: int | None = None, student_maps: bool = False, padded: bool = False) -> Path:
-    """Export a model (converted with `for_inference()`) with the given metadata."""
+                 batch: int | None = None, student_maps: bool = False, padded: bool = False,
+                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None) -> Path:
+    """Export a model (converted with `for_inference()`) with the given metadata; `calibration` (images and, in
+    pad mode, valid masks) quantizes an OpenVINO export to INT8."""
     if image_size % 32 or image_size < 32:
         raise DskdError(f"--image-size {image_size} must be a multiple of 32 and at least 32")
     if target.suffix != SUFFIX[fmt]:
@@ -118,11 +156,12 @@ def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, i
             traced = torch.jit.trace(graph, example, check_trace=False)
         atomic_write(target, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={"dskd.json": json.dumps(meta)}))
     else:
-        _to_openvino(graph, example, target, batch, meta)
+        _to_openvino(graph, example, target, batch, meta, calibration)
     return target
 
 
-def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int | None, meta: dict[str, Any]) -> None:
+def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int | None, meta: dict[str, Any],
+                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
     """Through ONNX (OpenVINO's own PyTorch frontend would also do; ONNX keeps one traced graph for both)."""
     import openvino as ov
 
@@ -130,6 +169,8 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
     try:
         _to_onnx(graph, example, onnx_tmp, batch, meta)
         model = ov.convert_model(str(onnx_tmp))
+        if calibration is not None:
+            model = quantize(model, calibration, batch)
         for key, value in meta.items():
             model.set_rt_info(value, ["dskd", key])
         tmp_xml = target.with_name(f".{target.stem}.tmp.xml")
@@ -138,3 +179,35 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
         tmp_xml.replace(target)
     finally:
         onnx_tmp.unlink(missing_ok=True)
+
+
+def smoothing_convolutions(model) -> list[str]:
+    """Names of the map smoothing's convolutions in an OpenVINO model: the single-channel ones with a
+    1 x k or k x 1 Gaussian kernel (no network has such a layer)."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        shape = op.input(1).get_partial_shape()
+        if shape.is_static and list(shape.to_shape())[:2] == [1, 1] and 1 in list(shape.to_shape())[2:]:
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: int | None):
+    """NNCF post-training quantization of the networks (smoothing and depthwise convolutions kept in float; the
+    slower, exact bias correction: it kept MPDD's AUPRO 0.1 point closer to FP32 than the fast one)."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise DskdError("--int8 needs NNCF: pip install nncf (with this machine's torch kept as a constraint)") from exc
+    images, valid = calibration
+    step = batch or 1
+    items = [{"images": images[i: i + step], **({} if valid is None else {"valid": valid[i: i + step]})}
+             for i in range(0, len(images) - step + 1, step)]
+    if not items:
+        raise DskdError(f"--int8 with --batch {batch} needs at least {batch} training images, found {len(images)}")
+    ignored = nncf.IgnoredScope(names=smoothing_convolutions(model), types=["GroupConvolution"], validate=False)
+    nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines would bury the CLI's output
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored,
+                         fast_bias_correction=False)

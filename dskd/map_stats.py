@@ -26,7 +26,7 @@ def _moments(model: DSKD, images: torch.Tensor, device: torch.device, batch_size
     k = len(model.students)
     sums, sqs, weights = (torch.zeros(k, N_SCALES, dtype=torch.float64) for _ in range(3))
     kept = []
-    for sl, native, _ in maps_in_batches(model, images, device, batch_size, precision):
+    for sl, native, _ in maps_in_batches(model, images, device, batch_size, precision, keep_students=False):
         part = None if valid is None else valid[sl]
         kept.append((native, part))
         shown = None if part is None else part[:, None].to(device, torch.float64)
@@ -57,7 +57,7 @@ def fit_map_statistics(model: DSKD, images: torch.Tensor, device: torch.device, 
         norm[:, 1] = mean.float()
     model.map_norm_stats.copy_(norm.to(model.map_norm_stats.device))
     with torch.inference_mode():
-        scores = torch.cat([model.fuse(native, images.shape[-2:], valid=part).score.float().cpu()
+        scores = torch.cat([model.fuse(native, images.shape[-2:], valid=part, keep_students=False).score.float().cpu()
                             for native, part in kept])
     threshold = float(scores.mean() + THRESHOLD_SIGMAS * scores.std()) if len(scores) > 1 else float(scores.max())
     return {"map_stats": {"mean": mean.tolist(), "std": std.tolist()}, "train_scores": scores.tolist(),

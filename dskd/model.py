@@ -17,7 +17,7 @@ from .backbones import build_teacher
 from .config import N_SCALES, ModelConfig
 from .errors import DskdError
 from .losses import pyramid_loss
-from .maps import AnomalyOutput, fuse, native_maps, upsample_scales
+from .maps import AnomalyOutput, fuse_native, native_maps
 from .students import STUDENT_CHANNELS, DFEmbedding, ForwardStudent, InvertedStudent, PlainBridge
 
 Pyramid = list[torch.Tensor]
@@ -129,18 +129,19 @@ class DSKD(nn.Module):
         return {name: self.map_norm_stats[i] for i, name in enumerate(self.students)}
 
     def fuse(self, native: dict[str, list[torch.Tensor]], size: tuple[int, int],
-             scales: list[int] | None = None, valid: torch.Tensor | None = None) -> AnomalyOutput:
+             scales: list[int] | None = None, valid: torch.Tensor | None = None,
+             keep_students: bool = True) -> AnomalyOutput:
         """Native per-scale maps -> the model's fused, smoothed map and score (its own fusion settings);
-        `valid` (B x H x W bool) keeps padding out of the score."""
+        `valid` (B x H x W bool) keeps padding out of the score; `keep_students=False` skips the per-student maps
+        (the faster path of exports and prediction, same map)."""
         cfg = self.config
-        per_scale = {name: upsample_scales(maps, size) for name, maps in native.items()}
-        return fuse(per_scale, scale_fusion=cfg.scale_fusion, student_fusion=cfg.student_fusion, sigma=cfg.sigma,
-                    scales=scales, score_topk=cfg.score_topk, norm=self.map_norm(), valid=valid)
+        return fuse_native(native, size, keep_students=keep_students, scale_fusion=cfg.scale_fusion,
+                           student_fusion=cfg.student_fusion, sigma=cfg.sigma, scales=scales,
+                           score_topk=cfg.score_topk, norm=self.map_norm(), valid=valid)
 
     def anomaly_map(self, images: torch.Tensor, scales: list[int] | None = None,
-                    valid: torch.Tensor | None = None) -> AnomalyOutput:
-        return self.fuse(self.native_maps(images), images.shape[-2:], scales, valid)
-
+                    valid: torch.Tensor | None = None, keep_students: bool = True) -> AnomalyOutput:
+        return self.fuse(self.native_maps(images), images.shape[-2:], scales, valid, keep_students)
 
 def _fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
     """conv followed by bn (eval mode) as one conv: scale each output channel's weights, absorb the shift."""

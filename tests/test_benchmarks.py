@@ -67,3 +67,23 @@ def test_gpu_sweep_trains_its_grid_through_the_executor(mt, tmp_path):
     assert [(r["method"], r["fit"]) for r in records] == [("dskd", "stretch"), ("se_only", "pad")]
     assert all(len(r["default"]) == 3 and "nonorm" in r["analysis"] for r in records)
     assert "only_se" in records[0]["analysis"] and "only_se" not in records[1]["analysis"]
+
+
+def test_accuracy_table_takes_the_median_time_and_compares_dskd_with_the_better_single_student():
+    from benchmarks.accuracy import accuracy_table, markdown_report
+
+    rows = []
+    for dataset, masks in (("mt_defects", True), ("mvtec_ad", False)):
+        for method, image, pixel in (("dskd", 0.96, 0.80), ("se_only", 0.94, 0.78), ("sd_only", 0.98, 0.75)):
+            for seed, minutes in enumerate((7.0, 30.0, 8.0)):  # one run slowed by another job
+                rows.append({"dataset": dataset, "category": dataset, "method": method, "seed": seed,
+                             "image_auroc": image, "pixel_auroc": pixel if masks else None,
+                             "aupro": pixel - 0.2 if masks else None, "per_defect_image_auroc": {"crack": image},
+                             "train_minutes": minutes})
+    table = accuracy_table(pd.DataFrame(rows))
+    assert (table["train_minutes_per_run"] == 8.0).all()
+    assert table.loc[table.dataset == "mvtec_ad", "pixel_auroc_mean"].isna().all()
+    text = markdown_report(table, {"mt_defects": "MT", "mvtec_ad": "bottle"}, 1.0)
+    assert "- image_auroc: dskd 96.00, sd_only 98.00: dskd is worse by 2.00." in text
+    assert "- pixel_auroc: dskd 80.00, se_only 78.00: dskd is better by 2.00." in text
+    assert "| mvtec_ad / mvtec_ad / dskd | 3 | 96.0 ± 0.0 | — | — | 8.0 |" in text

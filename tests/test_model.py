@@ -172,17 +172,39 @@ def _reference_anomaly_map(model, x):
         return F.conv2d(F.pad(total, (r, r, r, r), mode="reflect"), kernel[None, None])
 
 
+@pytest.mark.parametrize("keep_students", [True, False])
 @pytest.mark.parametrize("variant", ["dskd", "se_only"])
-def test_fast_map_pipeline_matches_reference(variant):
+def test_fast_map_pipeline_matches_reference(variant, keep_students):
     model = dskd.build_model(variant=variant, pretrained=False).eval()
     model.map_norm_stats[:, 0] = torch.rand_like(model.map_norm_stats[:, 0]) * 0.1  # fitted-looking statistics
     model.map_norm_stats[:, 1] = 0.5 + torch.rand_like(model.map_norm_stats[:, 1])
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
-        fast = model.anomaly_map(x)
+        fast = model.anomaly_map(x, keep_students=keep_students)
+    assert set(fast.per_student) == (set(model.students) if keep_students else set())
     reference = _reference_anomaly_map(model, x)
     torch.testing.assert_close(fast.map, reference, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast.score, reference.flatten(1).amax(1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale_fusion", ["sum", "mean", "product"])
+@pytest.mark.parametrize("student_fusion", ["sum", "mean", "max"])
+def test_native_shortcut_equals_fusing_upsampled_maps(scale_fusion, student_fusion):
+    """Summing students and scales before upsampling and smoothing (linear fusions) gives the same map and score
+    as fusing the upsampled maps; non-linear fusions take the full path."""
+    from dskd.maps import fuse_native, upsample_scales
+
+    g = torch.Generator().manual_seed(0)
+    native = {n: [torch.rand(2, 1, r, r + 4, generator=g) for r in (24, 12, 6)] for n in ("se", "sd")}
+    norm = {n: torch.stack([torch.rand(3, generator=g) * 0.2, 0.5 + torch.rand(3, generator=g)]) for n in native}
+    valid = torch.ones(2, 96, 112, dtype=torch.bool)
+    valid[1, 80:] = False
+    options = dict(scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=2.0, scales=[0, 2], norm=norm,
+                   valid=valid, score_topk=5)
+    full = fuse({n: upsample_scales(m, (96, 112)) for n, m in native.items()}, **options)
+    short = fuse_native(native, (96, 112), keep_students=False, **options)
+    torch.testing.assert_close(short.map, full.map, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(short.score, full.score, rtol=1e-5, atol=1e-5)
 
 
 def _randomize_batchnorm(model):

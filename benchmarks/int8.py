@@ -1,0 +1,115 @@
+"""INT8 against FP32 on real data: the same trained runs exported to OpenVINO twice, scored on their test splits.
+
+    python -m benchmarks.int8 --data-root ../shared/data [--runs-root results/quick/runs] [--seeds 0]
+
+For each dataset with masks (MT Defects, MPDD metal_plate) and each seed, the `quick` profile's dskd run (trained
+by `python -m benchmarks.accuracy` when missing) is exported as FP32 and as INT8 (`--int8`: NNCF, calibrated on up
+to 300 of the run's training images, the map's post-processing kept in float), both are run by OpenVINO on the test
+split, and the change in image AUROC, pixel AUROC and AUPRO is reported (target: within 0.5 points). Writes
+results/benchmarks/int8.csv and .md. INT8 speed is in speed_engines.md (`python -m benchmarks.engines`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.speed import machine
+from dskd.files import atomic_write, write_text
+from dskd.tables import markdown
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+TARGET = 0.5  # points
+
+
+def score_export(xml: Path, run_dir: Path) -> dict[str, float]:
+    """Metrics of an exported model on its run's test split, through OpenVINO."""
+    from dskd.batches import preload, valid_tensor
+    from dskd.data import load_dataset
+    from dskd.deploy import open_predictor
+    from dskd.metrics import all_metrics
+    from dskd.runs import open_run
+
+    cfg = open_run(run_dir).config
+    test = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "test", cfg.image_size,
+                        split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+    images, masks = preload(test, desc="test images", quiet=True)
+    valid = valid_tensor(test)
+    predictor = open_predictor(model=xml, engine="openvino")
+    maps, scores = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(images), 16):
+        m, s = predictor.infer(images[i: i + 16].numpy(), None if valid is None else valid[i: i + 16].numpy())
+        maps.append(m)
+        scores.append(s)
+    seconds = time.perf_counter() - t0
+    result = all_metrics(test.labels, np.concatenate(scores), masks.numpy(), np.concatenate(maps),
+                         test.defect_types, valid=None if valid is None else valid.numpy())
+    return {**{k: result[k] for k in METRICS}, "seconds": seconds, "n_test": len(images)}
+
+
+def compare(run_dir: Path, work: Path) -> list[dict]:
+    from dskd.export import export
+
+    rows = []
+    for precision in ("fp32", "int8"):
+        t0 = time.perf_counter()
+        xml = export(run_dir, "openvino", work / f"{run_dir.name}_{precision}.xml", int8=precision == "int8")
+        rows.append({"precision": precision, "export_s": round(time.perf_counter() - t0, 1),
+                     **score_export(xml, run_dir)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dskd import suite
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--datasets", nargs="+", default=["mt_defects", "mpdd"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--runs-root", default=str(REPO / "results" / "quick" / "runs"))
+    p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            exp = suite.experiment(dataset=dataset, profile="quick", data_root=args.data_root, seeds=args.seeds,
+                                   runs_root=args.runs_root)
+            if exp.skipped:
+                print(f"skipped {dataset}: {exp.skipped}")
+                continue
+            for run in suite.run_grid(exp, ["dskd"]).itertuples():  # trains only what is missing
+                for row in compare(Path(run.run), Path(tmp)):
+                    rows.append({"dataset": dataset, "category": run.category, "seed": run.seed, **row})
+    table = pd.DataFrame(rows)
+    atomic_write(Path(args.out) / "int8.csv", lambda t: table.round(5).to_csv(t, index=False))
+    shown = table.copy()
+    for m in METRICS:
+        shown[m] = (100 * shown[m]).round(2)
+    keys = ["dataset", "category", "seed"]
+    wide = table.pivot_table(index=keys, columns="precision", values=list(METRICS))
+    deltas = pd.DataFrame({m: 100 * (wide[(m, "int8")] - wide[(m, "fp32")]) for m in METRICS}).round(2)
+    worst = float(deltas.abs().to_numpy().max())
+    text = "\n".join([
+        "# INT8 (NNCF) against FP32, OpenVINO, real data", "",
+        f"Measured by `python -m benchmarks.int8` on {machine()}. The `quick` profile's dskd runs (EfficientNet-Lite0, "
+        "128 px, 21 epochs, trained in float32), each exported twice by `python -m dskd export --format openvino` "
+        "(with and without `--int8`: NNCF post-training quantization calibrated on up to 300 of the run's own "
+        "training images; map post-processing in float) and scored on the test split through OpenVINO. Percent.", "",
+        markdown(shown.set_index(keys)), "",
+        "INT8 minus FP32, points:", "", markdown(deltas), "",
+        f"- Largest change: {worst:.2f} points (target: within {TARGET}): {'met' if worst <= TARGET else 'MISSED'}.",
+        ""])
+    write_text(Path(args.out) / "int8.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
