@@ -10,7 +10,8 @@ defect image AUROC, and the same saved maps re-fused without retraining (`analys
 normalization, and for dual runs max fusion and each student alone). Records:
 results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long), mt_both_gpu_h200.jsonl
 (both) and mt_longer_gpu_h200.jsonl (longer); `--summarize` tabulates those with three seeds per configuration
-(accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md).
+(accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md). The `recipe` grid (seventh session: 42 epochs at 128 px, one
+process per `--job`) was stopped on the device before its evaluations and left no record (findings section 17).
 The device could only take data under 64 MiB: the images were first downscaled to 256 px on their longer side
 (`--downscale-to` does that into a new folder); the teacher's weights package, absent there, travelled beside them
 (its installed folder copied to a directory put on PYTHONPATH).
@@ -105,6 +106,8 @@ def run_sweep(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     jobs = grid(args.grid)
     if args.job is not None:  # one job of the grid: several such processes share a GPU without Ray
+        if not 0 <= args.job < len(jobs):
+            raise SystemExit(f"error: --job {args.job} is not in grid {args.grid} (0 to {len(jobs) - 1})")
         jobs = [jobs[args.job]]
     executor = ExecutorConfig(args.executor, args.ray_address, 1.0 / args.workers if args.device == "cuda" else 0.0,
                               max(1.0, (os.cpu_count() or 1) / args.workers))

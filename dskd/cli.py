@@ -108,6 +108,12 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     r.add_argument("--device", default="auto", choices=DEVICES)
     r.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
 
+    _add_export(sub)
+    return p
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """`export`: its own function, as its flags grow (formats, batch, INT8)."""
     x = sub.add_parser("export", help="the run's whole inference path in one file, for deployment without PyTorch")
     x.add_argument("--run", required=True)
     x.add_argument("--format", default="onnx", choices=FORMATS)
@@ -115,10 +121,8 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     x.add_argument("--image-size", type=int, help="input side (default: the run's)")
     x.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size (default: dynamic)")
     x.add_argument("--student-maps", action="store_true", help="also output each student's map")
-    x.add_argument("--int8", action="store_true",
-                   help="OpenVINO only: quantize the networks to INT8 (NNCF), calibrated on the run's training images")
+    x.add_argument("--int8", action="store_true", help="OpenVINO: INT8 networks (NNCF), calibrated on training images")
     x.add_argument("--calibration-images", type=int, default=300, help="with --int8: how many (default 300)")
-    return p
 
 
 def _default_category(args: argparse.Namespace) -> str | None:

@@ -4,7 +4,7 @@ The graph holds everything from pixels to decision inputs: the teacher's input n
 DF embedding, per-student and per-scale maps, the run's map normalization, fusion, smoothing and the image score
 (BatchNorm folded). Input `images`: float32, N x 3 x S x S, RGB in [0, 1] (NCHW; S is the run's image size); in
 `fit_mode="pad"` also `valid`: bool, N x S x S, True where the input shows the image. Outputs: `map` (N x 1 x S x S),
-`score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`METADATA_KEYS`),
+`score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`metadata()`),
 so `dskd.deploy` can predict from it alone, without PyTorch.
 
 `int8=True` (OpenVINO only) quantizes the networks after training with NNCF, calibrated on the run's own training
@@ -57,7 +57,7 @@ def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str,
     threshold, rule = loaded.decision()
     return {"dskd_version": __version__, "fingerprint": cfg.fingerprint(), "run_name": loaded.run.path.name,
             "image_size": str(image_size), "fit_mode": cfg.fit_mode,
-            "batch": "dynamic" if batch is None else str(batch),
+            "batch": "dynamic" if batch is None else str(batch), "precision": "fp32",
             "threshold": repr(threshold), "threshold_rule": rule, "students": ",".join(loaded.model.students),
             "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
                 "; valid: bool N x S x S" if cfg.fit_mode == "pad" else "")}
@@ -108,6 +108,8 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     if int8:
         calibration = training_images(loaded, size, calibration_images)
         meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)")
+        log.warning("INT8 changes the maps: measure it on this run's test split before deploying it "
+                    "(python -m benchmarks.int8; it cost MT Defects 8.7 points of image AUROC, MPDD 0.2)")
     export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch,
                  student_maps=student_maps, padded=loaded.run.config.fit_mode == "pad", calibration=calibration)
     log.info("exported %s to %s", loaded.run.path, target)
@@ -196,7 +198,7 @@ def smoothing_convolutions(model) -> list[str]:
 
 def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: int | None):
     """NNCF post-training quantization of the networks (smoothing and depthwise convolutions kept in float; the
-    slower, exact bias correction: it kept MPDD's AUPRO 0.1 point closer to FP32 than the fast one)."""
+    slower, full bias correction: it kept MPDD's AUPRO 0.06 point closer to FP32 than the fast one)."""
     try:
         import nncf
     except ImportError as exc:

@@ -15,8 +15,9 @@ def test_speed_harness_writes_rows_ratios_and_before_after(tmp_path):
     for col in ("train_img_s", "infer_img_s", "latency_ms", "trainable_params", "frozen_params", "gflops",
                 "train_gflops"):
         assert (table[col] > 0).all(), col
-    # The shipped inference path changes speed, not work: the same FLOPs and parameters as before.
-    assert table.loc["dskd", "gflops"] == table.loc[speed.BEFORE, "gflops"]
+    # The shipped inference path changes speed, not the networks' work: the same parameters, and FLOPs lower only
+    # by the trimmed map path (fewer upsamplings, one smoothed channel: under 1 % of the total).
+    assert 0.99 * table.loc[speed.BEFORE, "gflops"] < table.loc["dskd", "gflops"] < table.loc[speed.BEFORE, "gflops"]
     assert table.loc["dskd", "trainable_params"] == table.loc[speed.BEFORE, "trainable_params"]
     assert table.loc["dskd", "train_gflops"] > table.loc["se_only", "train_gflops"]
     text = (tmp_path / "speed.md").read_text()
