@@ -150,7 +150,7 @@ def report(table: pd.DataFrame, flops: dict[str, float], args: argparse.Namespac
     torch_ips = table.loc["dskd / torch", "img_s_batch16"]
     fp32 = [i for i in table.index if i.startswith("dskd") and "int8" not in i]
     best = table.loc[fp32, "img_s_batch16"].idxmax()
-    lines = [f"# Inference engines ({args.backbone}, {args.image_size} px, FP32, random weights)", "",
+    lines = [f"# Inference engines ({args.backbone}, {args.image_size} px, FP32 and INT8, random weights)", "",
              f"Measured by `python -m benchmarks.engines` on {machine()}, {args.repeats} repeats A/B alternated, "
              f"medians; batch-1 latency over {args.steps} calls, batch-16 throughput over {max(1, args.steps // 4)} "
              "batches per repeat. Spreads: (max - min) / median over the repeats; `vs_dskd_torch`: throughput over "
