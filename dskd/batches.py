@@ -65,10 +65,11 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def maps_in_batches(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int, precision: str,
                     *, desc: str = "maps", quiet: bool = True, valid: torch.Tensor | None = None,
-                    keep_students: bool = True) -> Iterator[tuple[slice, dict[str, list[torch.Tensor]], AnomalyOutput]]:
+                    keep_students: bool = True, fused: bool = True,
+                    ) -> Iterator[tuple[slice, dict[str, list[torch.Tensor]], AnomalyOutput | None]]:
     """Yield (slice, native per-scale maps in float32, AnomalyOutput) over a uint8 image tensor; `valid`
     (N x H x W bool, None: no padding) keeps padding out of the scores; `keep_students=False` leaves the
-    per-student maps out (faster)."""
+    per-student maps out (faster); `fused=False` yields the native maps alone (None in place of the output)."""
     model.eval()
     for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=quiet):
         sl = slice(i, min(i + batch_size, len(images)))
@@ -76,5 +77,8 @@ def maps_in_batches(model: DSKD, images: torch.Tensor, device: torch.device, bat
         with autocast(device, precision):
             native = model.native_maps(x)
         native = {k: [m.float() for m in v] for k, v in native.items()}
+        if not fused:
+            yield sl, native, None
+            continue
         yield sl, native, model.fuse(native, x.shape[-2:], valid=None if valid is None else valid[sl],
                                      keep_students=keep_students)

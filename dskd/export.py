@@ -133,8 +133,7 @@ def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarra
     images, _ = preload(train_set, desc="calibration images")
     pick = np.unique(np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int))
     valid = valid_tensor(train_set)
-    return (images[pick].float().div_(255.0).numpy(),
-            None if valid is None or cfg.fit_mode != "pad" else valid[pick].numpy())
+    return images[pick].float().div_(255.0).numpy(), None if valid is None else valid[pick].numpy()
 
 
 def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,

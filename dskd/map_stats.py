@@ -26,7 +26,7 @@ def _moments(model: DSKD, images: torch.Tensor, device: torch.device, batch_size
     k = len(model.students)
     sums, sqs, weights = (torch.zeros(k, N_SCALES, dtype=torch.float64) for _ in range(3))
     kept = []
-    for sl, native, _ in maps_in_batches(model, images, device, batch_size, precision, keep_students=False):
+    for sl, native, _ in maps_in_batches(model, images, device, batch_size, precision, fused=False):
         part = None if valid is None else valid[sl]
         kept.append((native, part))
         shown = None if part is None else part[:, None].to(device, torch.float64)
