@@ -1,14 +1,16 @@
-"""Re-deciding the dual student's map defaults across datasets, from saved maps (nothing retrained).
+"""Re-deciding the map defaults across datasets, from saved maps (nothing retrained).
 
-    python -m benchmarks.fusion_choice --data-root ../shared/data [--seeds 0]
+    python -m benchmarks.fusion_choice --data-root ../shared/data [--grid fusion|smoothing] [--seeds 0 1 2]
+                                       [--configs dskd se_only sd_only dskd_no_df]
 
-For each real dataset at hand, the `quick` profile's dskd runs are re-fused with every combination of student
-fusion (sum | max), scale fusion (sum | product) and map normalization (the run's fitted z-score | none). `mean`
-fusions are left out: they rank every image and pixel exactly as `sum` does. The `mean` map normalization needs
-statistics fitted on the training images, which the saved maps do not hold, so it is not compared here. Each
-combination is scored as `benchmarks.quick_sweep` scores a profile: the mean over datasets of the mean of the
-available metrics; a default changes only if another combination wins that mean. Writes
-results/benchmarks/fusion_choice.csv and .md.
+The `quick` profile's runs are re-fused with every combination of one grid. `fusion`: student fusion (sum | max),
+scale fusion (sum | product) and map normalization (the run's fitted z-score | none); `mean` fusions are left out,
+they rank every image and pixel exactly as `sum` does, and the `mean` normalization needs statistics of the
+training images that the saved maps do not hold. `smoothing`: the Gaussian's sigma (input pixels) and the image
+score (0: the map's maximum, k: the mean of its k largest pixels). Each combination is scored as
+`benchmarks.quick_sweep` scores a profile: the mean over datasets of the mean of the available metrics, averaged
+over the configurations asked for (a default is shared by all of them); a default changes only if another
+combination wins by more than the margin. Writes results/benchmarks/<grid>_choice.csv and .md.
 """
 
 from __future__ import annotations
@@ -27,57 +29,76 @@ from dskd.tables import ABSENT
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 MARGIN = 0.3  # points of the score; below it a difference is a tie (one seed's noise on MT alone is ~1 point)
-CHOICES = {"student_fusion": ("sum", "max"), "scale_fusion": ("sum", "product"), "normalize": (True, False)}
+GRIDS = {  # first value of each: the default, so the first combination is the defaults
+    "fusion": {"student_fusion": ("sum", "max"), "scale_fusion": ("sum", "product"), "normalize": (True, False)},
+    "smoothing": {"sigma": (4.0, 1.0, 2.0, 8.0), "score_topk": (0, 16, 64)},
+}
 
 
-def rescore(run: str) -> list[dict]:
+def rescore(run: str, grid: dict[str, tuple]) -> list[dict]:
     saved = suite.load_maps(run)
     rows = []
-    for student, scale, normalize in itertools.product(*CHOICES.values()):
-        maps, scores = suite.refuse(saved, student_fusion=student, scale_fusion=scale, normalize=normalize)
+    for values in itertools.product(*grid.values()):
+        choice = dict(zip(grid, values, strict=True))
+        maps, scores = suite.refuse(saved, **choice)
         m = all_metrics(saved.labels, scores, saved.masks, maps, valid=saved.valid)
-        rows.append({"student_fusion": student, "scale_fusion": scale,
-                     "map_norm": saved.fusion["map_norm"] if normalize else "none",
-                     **{k: m.get(k) for k in suite.METRICS}})
+        if "normalize" in choice:
+            choice["map_norm"] = saved.fusion["map_norm"] if choice.pop("normalize") else "none"
+        rows.append({**choice, **{k: m.get(k) for k in suite.METRICS}})
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.fusion_choice", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--out", default=str(REPO / "results"))
-    args = p.parse_args(argv)
-    out, rows, described = Path(args.out), [], []
+def measure(args: argparse.Namespace, out: Path) -> tuple[pd.DataFrame, list[str]]:
+    rows, described = [], []
     for dataset in DATASETS:
         exp = suite.experiment(dataset=dataset, profile="quick", data_root=args.data_root, seeds=args.seeds,
                                out_dir=out, runs_root=out / "quick" / "runs")
         if exp.skipped:
             continue
         described.append(exp.describe())
-        for _, r in suite.run_grid(exp, ["dskd"]).iterrows():  # cached runs are only looked up
-            rows += [{"dataset": dataset, "category": r["category"], "seed": r["seed"], **x} for x in rescore(r["run"])]
-    table = pd.DataFrame(rows).astype({m: float for m in suite.METRICS})
-    keys = list(CHOICES)[:2] + ["map_norm"]
-    per_dataset = table.groupby([*keys, "dataset"], sort=False)[list(suite.METRICS)].mean()
+        for _, r in suite.run_grid(exp, args.configs).iterrows():  # cached runs are only looked up
+            rows += [{"dataset": dataset, "config": r["method"], "seed": r["seed"], **x}
+                     for x in rescore(r["run"], GRIDS[args.grid])]
+    return pd.DataFrame(rows).astype({m: float for m in suite.METRICS}), described
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.fusion_choice", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--grid", choices=sorted(GRIDS), default="fusion")
+    p.add_argument("--configs", nargs="+", default=["dskd"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default=str(REPO / "results"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    table, described = measure(args, out)
+    keys = [k if k != "normalize" else "map_norm" for k in GRIDS[args.grid]]
+    per_dataset = table.groupby(["config", *keys, "dataset"], sort=False)[list(suite.METRICS)].mean()
     per_dataset["available_mean"] = per_dataset.mean(axis=1, skipna=True)
-    score = (100 * per_dataset["available_mean"].groupby(level=keys, sort=False).mean()).round(2).to_frame("score")
+    per_config = 100 * per_dataset["available_mean"].groupby(level=["config", *keys], sort=False).mean()
+    score = per_config.groupby(level=keys, sort=False).mean().round(2)
     shown = (100 * per_dataset[list(suite.METRICS)]).round(1).unstack("dataset").astype(object).fillna(ABSENT)
-    target = out / "benchmarks"
-    atomic_write(target / "fusion_choice.csv", lambda tmp: table.round(4).to_csv(tmp, index=False))
-    best, default = score["score"].idxmax(), score["score"].iloc[0]
-    verdict = ("kept: no combination beats them by more than the margin" if score["score"].max() <= default + MARGIN
-               else f"changed to student {best[0]}, scale {best[1]}, {best[2]}")
-    write_text(target / "fusion_choice.md", "\n".join([
-        "# The dual student's map defaults, re-scored across datasets from saved maps", "",
-        "Measured by `python -m benchmarks.fusion_choice` (nothing retrained): " + "; ".join(described) + ".",
-        "Values in percent; first row: the defaults (student sum, scale sum, z-score).", "",
-        suite.markdown(shown.join(score.set_axis(pd.MultiIndex.from_tuples([("score", "mean")]), axis=1))), "",
-        f"Best mean over datasets: student fusion {best[0]}, scale fusion {best[1]}, map normalization {best[2]} "
-        f"({score['score'].max():.2f}); the defaults score {default:.2f}. A default changes only when another "
-        f"combination beats it by more than {MARGIN} points (quick_sweep's near-tie margin): defaults {verdict}.",
-        ""]))
-    print((target / "fusion_choice.md").read_text())
+    shown[("score", "mean")] = per_config.round(2)
+    name, target = f"{args.grid}_choice", out / "benchmarks"
+    atomic_write(target / f"{name}.csv", lambda tmp: table.round(4).to_csv(tmp, index=False))
+    best, default = score.idxmax(), score.iloc[0]
+    best = best if isinstance(best, tuple) else (best,)
+    verdict = ("kept: no combination beats them by more than the margin" if score.max() <= default + MARGIN
+               else "changed to " + ", ".join(f"{k} {v}" for k, v in zip(keys, best, strict=True)))
+    write_text(target / f"{name}.md", "\n".join([
+        f"# Map defaults ({args.grid}), re-scored across datasets from saved maps", "",
+        "Measured by `python -m benchmarks.fusion_choice --grid " + args.grid + "` (nothing retrained): "
+        + "; ".join(described) + f". Configurations: {', '.join(args.configs)}.",
+        "Values in percent, mean over seeds; score: the mean over datasets of the mean of the available metrics. "
+        f"The first row of each configuration holds the defaults ({', '.join(keys)}).", "",
+        suite.markdown(shown), "",
+        "Score of each combination averaged over the configurations: "
+        + "; ".join(f"{' / '.join(map(str, k if isinstance(k, tuple) else (k,)))} {v:.2f}" for k, v in score.items())
+        + ".", "",
+        f"Best: {', '.join(f'{k} {v}' for k, v in zip(keys, best, strict=True))} ({score.max():.2f}); the defaults "
+        f"score {default:.2f}. A default changes only when another combination beats it by more than {MARGIN} "
+        f"points (quick_sweep's near-tie margin): defaults {verdict}.", ""]))
+    print((target / f"{name}.md").read_text())
     return 0
 
 

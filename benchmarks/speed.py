@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dskd.maps import native_maps
+from dskd.maps import discrepancy_maps
 
 REPO = Path(__file__).resolve().parents[1]
 DSKD_MODELS = ("dskd", "se_only", "sd_only")
@@ -195,7 +195,7 @@ def postprocess_share(backbone: str, image_size: int, repeats: int, steps: int =
         model.anomaly_map(x, keep_students=False)  # warm-up
         for _ in range(repeats):
             totals.append(_timed(lambda: model.anomaly_map(x, keep_students=False), steps))
-            posts.append(_timed(lambda: model.fuse({n: native_maps(teacher, f) for n, f in students.items()}, size,
+            posts.append(_timed(lambda: model.fuse(discrepancy_maps(teacher, students), size,
                                                    keep_students=False), steps))
     return statistics.median(posts) / statistics.median(totals)
 

@@ -7,15 +7,18 @@ DF embedding, per-student and per-scale maps, the run's map normalization, fusio
 `score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`metadata()`),
 so `dskd.deploy` can predict from it alone, without PyTorch.
 
-`int8=True` (OpenVINO only) quantizes the networks after training with NNCF, calibrated on the run's own training
-images (defect-free by construction, so no test image is seen). Kept in float: the map post-processing (cosine
-distances, normalization, fusion, smoothing, score; quantizing the smoothing would put the map itself on 256 levels)
-and depthwise convolutions (EfficientNet's; quantized, they cost MPDD 1.1 points of AUPRO, kept they cost 0.3; ResNets
-have none). Accuracy and speed against FP32: results/benchmarks/int8.md and speed_engines.md.
+`int8=True` (OpenVINO only) quantizes the students and the DF embedding after training with NNCF, calibrated on the
+run's own training images (defect-free by construction, so no test image is seen); `int8_teacher=True` quantizes the
+teacher too. Kept in float: everything outside the networks (the map path: cosine distances, normalization, fusion,
+resampling, score), found from the module scopes torch.onnx records per node. Quantized, the map path clips every
+value above the training images' range, i.e. the defects (MT Defects lost 8.7 points of image AUROC that way); the
+quantized teacher cost MT 1.6. Depthwise convolutions stay float too (EfficientNet's; quantized, they cost MPDD 1.1
+points of AUPRO). Accuracy and speed against FP32: results/benchmarks/int8.md and speed_engines.md.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 from pathlib import Path
@@ -35,6 +38,7 @@ from .runs import LoadedRun, load_run
 log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 OPSET = 18
+STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed")  # InferenceGraph's module paths of what --int8 quantizes
 
 
 class InferenceGraph(nn.Module):
@@ -92,7 +96,7 @@ def _to_onnx(graph: InferenceGraph, example: tuple, path: Path, batch: int | Non
 
 
 def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, image_size: int | None = None,
-           batch: int | None = None, student_maps: bool = False, int8: bool = False,
+           batch: int | None = None, student_maps: bool = False, int8: bool = False, int8_teacher: bool = False,
            calibration_images: int = 300) -> Path:
     """Write a run's inference path to `out` (default: `<run>/model<suffix>`, `<run>/model_int8.xml` with `int8`);
     `batch=None` exports a dynamic batch dimension. Returns the file (OpenVINO: the .xml beside its .bin)."""
@@ -100,18 +104,21 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
         raise DskdError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
     if int8 and fmt != "openvino":
         raise DskdError(f"--int8 quantizes an OpenVINO model: use --format openvino, not {fmt}")
+    if int8_teacher and not int8:
+        raise DskdError("--int8-teacher quantizes the teacher as well: it needs --int8")
     loaded = load_run(run_dir, "cpu")
     size = image_size or loaded.run.config.image_size
     target = Path(out) if out else loaded.run.path / f"model{'_int8' if int8 else ''}{SUFFIX[fmt]}"
     meta = metadata(loaded, size, batch)
-    calibration = None
+    calibration, quantized = None, STUDENT_NETWORKS + (("model.teacher",) if int8_teacher else ())
     if int8:
         calibration = training_images(loaded, size, calibration_images)
-        meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)")
+        meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)",
+                    int8_networks=", ".join(m.removeprefix("model.") for m in quantized))
         log.warning("INT8 changes the maps: measure it on this run's test split before deploying it "
-                    "(python -m benchmarks.int8; it cost MT Defects 8.7 points of image AUROC, MPDD 0.2)")
-    export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch,
-                 student_maps=student_maps, padded=loaded.run.config.fit_mode == "pad", calibration=calibration)
+                    "(python -m benchmarks.int8; see results/benchmarks/int8.md for what it cost there)")
+    export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch, student_maps=student_maps,
+                 padded=loaded.run.config.fit_mode == "pad", calibration=calibration, quantized=quantized)
     log.info("exported %s to %s", loaded.run.path, target)
     return target
 
@@ -138,9 +145,10 @@ def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarra
 
 def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
                  batch: int | None = None, student_maps: bool = False, padded: bool = False,
-                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None) -> Path:
+                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 quantized: tuple[str, ...] = STUDENT_NETWORKS) -> Path:
     """Export a model (converted with `for_inference()`) with the given metadata; `calibration` (images and, in
-    pad mode, valid masks) quantizes an OpenVINO export to INT8."""
+    pad mode, valid masks) quantizes the `quantized` networks of an OpenVINO export to INT8."""
     if image_size % 32 or image_size < 32:
         raise DskdError(f"--image-size {image_size} must be a multiple of 32 and at least 32")
     if target.suffix != SUFFIX[fmt]:
@@ -157,21 +165,24 @@ def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, i
             traced = torch.jit.trace(graph, example, check_trace=False)
         atomic_write(target, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={"dskd.json": json.dumps(meta)}))
     else:
-        _to_openvino(graph, example, target, batch, meta, calibration)
+        _to_openvino(graph, example, target, batch, meta, calibration, quantized)
     return target
 
 
 def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int | None, meta: dict[str, Any],
-                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
+                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 quantized: tuple[str, ...] = STUDENT_NETWORKS) -> None:
     """Through ONNX (OpenVINO's own PyTorch frontend would also do; ONNX keeps one traced graph for both)."""
+    import onnx
     import openvino as ov
 
     onnx_tmp = target.with_suffix(".tmp.onnx")
     try:
-        _to_onnx(graph, example, onnx_tmp, batch, meta)
+        proto = _onnx_proto(graph, example, batch, meta)
+        onnx.save_model(proto, str(onnx_tmp), save_as_external_data=False)
         model = ov.convert_model(str(onnx_tmp))
         if calibration is not None:
-            model = quantize(model, calibration, batch)
+            model = quantize(model, calibration, batch, network_nodes(proto, quantized))
         for key, value in meta.items():
             model.set_rt_info(value, ["dskd", key])
         tmp_xml = target.with_name(f".{target.stem}.tmp.xml")
@@ -182,22 +193,25 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
         onnx_tmp.unlink(missing_ok=True)
 
 
-def smoothing_convolutions(model) -> list[str]:
-    """Names of the map smoothing's convolutions in an OpenVINO model: the single-channel ones with a
-    1 x k or k x 1 Gaussian kernel (no network has such a layer)."""
-    names = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "Convolution":
-            continue
-        shape = op.input(1).get_partial_shape()
-        if shape.is_static and list(shape.to_shape())[:2] == [1, 1] and 1 in list(shape.to_shape())[2:]:
-            names.append(op.get_friendly_name())
-    return names
+def network_nodes(proto, modules: tuple[str, ...]) -> set[str]:
+    """Names of the ONNX nodes inside `modules` (InferenceGraph paths, e.g. "model.se"), read from the module
+    scopes torch.onnx records on every node."""
+    inside = set()
+    for node in proto.graph.node:
+        entry = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if entry and any(".".join(sc.split(".")[:2]) in modules for sc in ast.literal_eval(entry)):
+            inside.add(node.name)
+    if not inside:
+        raise DskdError("--int8: this torch.onnx records no module scopes, so the networks cannot be told from the map "
+                        "path; export without --int8")
+    return inside
 
 
-def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: int | None):
-    """NNCF post-training quantization of the networks (smoothing and depthwise convolutions kept in float; the
-    slower, full bias correction: it kept MPDD's AUPRO 0.06 point closer to FP32 than the fast one)."""
+def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: int | None, inside: set[str]):
+    """NNCF post-training quantization of the ops of an OpenVINO model converted from the ONNX nodes in `inside`
+    (OpenVINO names an op after its node, or node/part when one node became several; an op named otherwise stays
+    float), depthwise convolutions excepted. The slower, full bias correction kept MPDD's AUPRO 0.06 point closer
+    to FP32 than the fast one."""
     try:
         import nncf
     except ImportError as exc:
@@ -208,7 +222,9 @@ def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: in
              for i in range(0, len(images) - step + 1, step)]
     if not items:
         raise DskdError(f"--int8 with --batch {batch} needs at least {batch} training images, found {len(images)}")
-    ignored = nncf.IgnoredScope(names=smoothing_convolutions(model), types=["GroupConvolution"], validate=False)
+    names = [op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_friendly_name().split("/")[0] not in inside]
+    ignored = nncf.IgnoredScope(names=names, types=["GroupConvolution"], validate=False)
     nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines would bury the CLI's output
     return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored,
                          fast_bias_correction=False)

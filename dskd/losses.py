@@ -9,10 +9,23 @@ import torch.nn.functional as F
 
 from .config import LOSS_KINDS
 
+EPS = 1e-6  # F.cosine_similarity's floor on each vector's norm
 
-def cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity along channels: B x H x W, 0 where the feature vectors point the same way."""
-    return 1.0 - F.cosine_similarity(teacher, student, dim=1, eps=1e-6)
+
+def channel_norm(x: torch.Tensor) -> torch.Tensor:
+    """B x H x W: each pixel's feature-vector length (floored at EPS)."""
+    return torch.linalg.vector_norm(x, dim=1).clamp_min(EPS)
+
+
+def cosine_distance(teacher: torch.Tensor, student: torch.Tensor,
+                    teacher_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - cosine similarity along channels: B x H x W, 0 where the feature vectors point the same way.
+
+    F.cosine_similarity's value, computed as one dot product over two norms: F.cosine_similarity divides both
+    full feature maps by their norms first, two more passes over the largest tensors of the map path.
+    `teacher_norm` (`channel_norm(teacher)`) lets several students share the teacher's norms."""
+    t_norm = channel_norm(teacher) if teacher_norm is None else teacher_norm
+    return 1.0 - (teacher * student).sum(1) / (t_norm * channel_norm(student))
 
 
 def scale_loss(teacher: torch.Tensor, student: torch.Tensor, kind: str = "pixel_cosine") -> torch.Tensor:
@@ -21,7 +34,7 @@ def scale_loss(teacher: torch.Tensor, student: torch.Tensor, kind: str = "pixel_
     if kind == "pixel_cosine":
         return cosine_distance(teacher, student).mean()
     if kind == "flat_cosine":
-        return (1.0 - F.cosine_similarity(teacher.flatten(1), student.flatten(1), dim=1, eps=1e-6)).mean()
+        return (1.0 - F.cosine_similarity(teacher.flatten(1), student.flatten(1), dim=1, eps=EPS)).mean()
     raise ValueError(f"unknown loss '{kind}'; choose one of {', '.join(LOSS_KINDS)}")
 
 

@@ -6,15 +6,17 @@ rules never needs to retrain.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import SCALE_FUSIONS, STUDENT_FUSIONS
-from .losses import cosine_distance
+from .losses import channel_norm, cosine_distance
 
 _REDUCTIONS = {
     "sum": lambda x: x.sum(1, keepdim=True),
@@ -38,9 +40,19 @@ class AnomalyOutput:
     per_scale: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B x S x H x W, raw (unsmoothed)
 
 
-def native_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per scale, B x 1 x h x w cosine distance at the scale's own resolution (what `--save-maps` stores)."""
-    return [cosine_distance(t, s).unsqueeze(1) for t, s in zip(teacher, student, strict=True)]
+def native_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
+                teacher_norms: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Per scale, B x 1 x h x w cosine distance at the scale's own resolution (what `--save-maps` stores);
+    `teacher_norms` (per scale, `channel_norm`) are computed once when several students meet one teacher."""
+    norms = teacher_norms if teacher_norms is not None else [channel_norm(t) for t in teacher]
+    return [cosine_distance(t, s, n).unsqueeze(1) for t, s, n in zip(teacher, student, norms, strict=True)]
+
+
+def discrepancy_maps(teacher: Sequence[torch.Tensor],
+                     students: Mapping[str, Sequence[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+    """Student name -> `native_maps`, with the teacher's norms computed once for all students."""
+    norms = [channel_norm(t) for t in teacher]
+    return {name: native_maps(teacher, feats, norms) for name, feats in students.items()}
 
 
 def upsample_scales(native: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -77,6 +89,41 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(F.pad(y, (0, 0, r_h, r_h), mode="reflect"), kh.view(1, 1, -1, 1))
     y = F.conv2d(F.pad(y, (r_w, r_w, 0, 0), mode="reflect"), kw.view(1, 1, 1, -1))
     return y.reshape(-1, c, h, w)
+
+
+@functools.lru_cache(maxsize=64)
+def resampling_matrix(n_in: int, n_out: int, sigma: float) -> np.ndarray:
+    """n_out x n_in float32: bilinear upsampling (F.interpolate's, align_corners=False) followed by
+    `gaussian_blur`'s reflect-padded Gaussian, along one axis, as one matrix. Both are linear, so a map's upsampling
+    and smoothing become two matrix products: one BLAS call each instead of interpolation, padding and
+    convolution passes over the full-size map."""
+    rows = np.arange(n_out)
+    src = np.maximum((rows + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.floor(src).astype(int)
+    frac = src - lo
+    up = np.zeros((n_out, n_in))
+    np.add.at(up, (rows, lo), 1.0 - frac)
+    np.add.at(up, (rows, np.minimum(lo + 1, n_in - 1)), frac)
+    if sigma <= 0:
+        return up.astype(np.float32)
+    taps = gaussian_weights(sigma, n_out - 1)
+    r, blur = len(taps) // 2, np.zeros((n_out, n_out))
+    for t, weight in enumerate(taps):
+        idx = np.abs(rows + t - r)
+        np.add.at(blur, (rows, np.where(idx > n_out - 1, 2 * (n_out - 1) - idx, idx)), weight)
+    return (blur @ up).astype(np.float32)
+
+
+def upsample_smooth_sum(native: Sequence[torch.Tensor], size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """B x 1 x H x W: the sum over scales of each native B x 1 x h x w map upsampled to `size` and smoothed,
+    i.e. `gaussian_blur(upsample_scales(native, size).sum(1, keepdim=True), sigma)`, as
+    A @ concat_j(m_j @ B_j^T), with the constant matrices of `resampling_matrix` (A = [A_1 ... A_S])."""
+    (h_out, w_out), rows, cols = size, [], []
+    for m in native:
+        b = torch.from_numpy(resampling_matrix(m.shape[-1], w_out, sigma)).to(m)
+        rows.append(m @ b.T)
+        cols.append(torch.from_numpy(resampling_matrix(m.shape[-2], h_out, sigma)).to(m))
+    return torch.cat(cols, 1) @ torch.cat(rows, -2)
 
 
 def fuse_scales(per_scale: torch.Tensor, how: str = "sum", scales: Sequence[int] | None = None) -> torch.Tensor:
@@ -142,9 +189,9 @@ def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, i
 
     Upsampling, normalization and smoothing are linear, and so are sum and mean fusion: when neither the
     per-student maps (`keep_students=False`) nor a non-linear fusion are asked for, every student's normalized map
-    is summed at each scale's own resolution, each scale upsampled once and the sum smoothed once. The map equals
-    `fuse`'s to float rounding (tests) at a third of its upsampling and half its smoothing; this is the path of
-    exported graphs and of prediction."""
+    is summed at each scale's own resolution, and the scales are upsampled, summed and smoothed by two matrix
+    products (`upsample_smooth_sum`). The map equals `fuse`'s to float rounding (tests) at a fraction of its cost;
+    this is the path of exported graphs and of prediction."""
     if keep_students or scale_fusion not in LINEAR_FUSIONS or student_fusion not in LINEAR_FUSIONS:
         per_scale = {name: upsample_scales(maps, size) for name, maps in native.items()}
         return fuse(per_scale, scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=sigma, scales=scales,
@@ -159,16 +206,16 @@ def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, i
                 m = (m - norm[name][0, j].to(m)) / norm[name][1, j].to(m)
             total = total + m
         summed.append(total)
-    amap = upsample_scales(summed, size).sum(1, keepdim=True)
+    amap = upsample_smooth_sum(summed, size, sigma)
     if scale_fusion == "mean":
         amap = amap / len(picked)
     if student_fusion == "mean":
         amap = amap / len(native)
-    amap = gaussian_blur(amap, sigma)
     return AnomalyOutput(map=amap, score=_valid_score(amap, valid, score_topk), per_student={})
 
 
 __all__ = [
-    "SCALE_FUSIONS", "STUDENT_FUSIONS", "AnomalyOutput", "fuse", "fuse_native", "fuse_scales", "fuse_students",
-    "gaussian_blur", "image_score", "native_maps", "per_scale_maps", "upsample_scales",
+    "SCALE_FUSIONS", "STUDENT_FUSIONS", "AnomalyOutput", "discrepancy_maps", "fuse", "fuse_native", "fuse_scales",
+    "fuse_students", "gaussian_blur", "image_score", "native_maps", "per_scale_maps", "resampling_matrix",
+    "upsample_scales", "upsample_smooth_sum",
 ]

@@ -17,7 +17,7 @@ from .backbones import build_teacher
 from .config import N_SCALES, ModelConfig
 from .errors import DskdError
 from .losses import pyramid_loss
-from .maps import AnomalyOutput, fuse_native, native_maps
+from .maps import AnomalyOutput, discrepancy_maps, fuse_native
 from .students import STUDENT_CHANNELS, DFEmbedding, ForwardStudent, InvertedStudent, PlainBridge
 
 Pyramid = list[torch.Tensor]
@@ -120,8 +120,7 @@ class DSKD(nn.Module):
 
     def native_maps(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Student name -> per scale, B x 1 x h x w raw discrepancy at the scale's own resolution."""
-        teacher, students = self(images)
-        return {name: native_maps(teacher, feats) for name, feats in students.items()}
+        return discrepancy_maps(*self(images))
 
     def map_norm(self) -> dict[str, torch.Tensor] | None:
         if self.config.map_norm == "none":

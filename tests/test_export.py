@@ -125,7 +125,8 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
 
     from dskd import fit
     from dskd.config import profile_config
-    from dskd.export import smoothing_convolutions
+    from dskd.export import STUDENT_NETWORKS, InferenceGraph, _onnx_proto, network_nodes
+    from dskd.runs import load_run
 
     run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
     r = subprocess.run([sys.executable, "-m", "dskd", "export", "--run", str(run.path), "--format", "onnx", "--int8"],
@@ -139,14 +140,22 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
     model = ov.Core().read_model(str(int8))
     assert model.get_rt_info(["dskd", "precision"]).astype(str) == "int8"
     assert model.get_rt_info(["dskd", "calibration"]).astype(str).startswith("8 training images")
-    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
-    fed_by_quantizer = {name for name, op in ops.items()
-                        if any(i.get_source_output().get_node().get_type_name() == "FakeQuantize"
-                               for i in op.inputs())}
-    convs = [n for n, op in ops.items() if op.get_type_name() == "Convolution"]
-    assert len(fed_by_quantizer & set(convs)) > len(convs) // 2  # the networks run in INT8
-    kept = smoothing_convolutions(model) + [n for n, op in ops.items() if op.get_type_name() == "GroupConvolution"]
-    assert len(kept) > 2 and not fed_by_quantizer & set(kept)  # the map's smoothing and depthwise convs do not
+    assert model.get_rt_info(["dskd", "int8_networks"]).astype(str) == "se, sd, embed"
+    # what stays float: every op converted from a node outside the quantized networks (the map path, the teacher)
+    proto = _onnx_proto(InferenceGraph(load_run(run.path).model), (torch.rand(2, 3, 64, 64),), None, {})
+    teacher_too = export(run.path, "openvino", tmp_path / "all.xml", int8=True, int8_teacher=True, calibration_images=8)
+    quantized_convs = {}
+    for path, networks in ((int8, STUDENT_NETWORKS), (teacher_too, (*STUDENT_NETWORKS, "model.teacher"))):
+        inside = network_nodes(proto, networks)
+        ops = {op.get_friendly_name(): op for op in ov.Core().read_model(str(path)).get_ordered_ops()}
+        fed = {name for name, op in ops.items()
+               if any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())}
+        floating = {n for n in ops if n.split("/")[0] not in inside}
+        assert {"MatMul", "ReduceL2", "Add"} <= {ops[n].get_type_name() for n in floating}  # the map path is there
+        assert not fed & floating  # and nothing in it reads a quantized tensor (it clipped the defects)
+        assert not fed & {n for n, op in ops.items() if op.get_type_name() == "GroupConvolution"}  # depthwise: float
+        quantized_convs[path] = len(fed & {n for n, op in ops.items() if op.get_type_name() == "Convolution"})
+    assert 5 < quantized_convs[int8] < quantized_convs[teacher_too]  # the students; --int8-teacher: the teacher too
     images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((run.config.image_size,) * 2))
                        for p in sorted((data_root / "synthetic" / "grid" / "test").rglob("*.png"))
                        if "ground_truth" not in p.parts][:8]).transpose(0, 3, 1, 2)

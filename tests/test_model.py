@@ -207,6 +207,38 @@ def test_native_shortcut_equals_fusing_upsampled_maps(scale_fusion, student_fusi
     torch.testing.assert_close(short.score, full.score, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("size", "native_sizes", "sigma"), [
+    ((96, 112), ((24, 28), (12, 14), (6, 7)), 2.0),  # non-square
+    ((256, 256), ((64, 64), (32, 32), (16, 16)), 4.0),  # the speed benchmark's
+    ((20, 30), ((5, 7), (3, 3)), 4.0),  # smaller than the Gaussian: cut as reflect padding needs
+    ((37, 53), ((7, 11),), 0.0),  # no smoothing, uneven factors
+])
+def test_upsampling_and_smoothing_as_matrix_products(size, native_sizes, sigma):
+    from dskd.maps import gaussian_blur, upsample_scales, upsample_smooth_sum
+
+    g = torch.Generator().manual_seed(0)
+    native = [torch.rand(2, 1, h, w, generator=g) for h, w in native_sizes]
+    expected = gaussian_blur(upsample_scales(native, size).sum(1, keepdim=True), sigma)
+    torch.testing.assert_close(upsample_smooth_sum(native, size, sigma), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_distance_is_torchs_cosine_similarity():
+    import torch.nn.functional as F
+
+    from dskd.losses import channel_norm, cosine_distance
+
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(2, 16, 5, 6, generator=g), torch.randn(2, 16, 5, 6, generator=g)
+    t[0, :, 0, 0] = 0  # a zero vector: both floor its norm at eps
+    expected = 1 - F.cosine_similarity(t, s, dim=1, eps=1e-6)
+    torch.testing.assert_close(cosine_distance(t, s), expected)
+    torch.testing.assert_close(cosine_distance(t, s, channel_norm(t)), expected)
+    s.requires_grad_(True)  # the training loss: the same gradients as well
+    mine = torch.autograd.grad(cosine_distance(t, s).sum(), s)[0]
+    torchs = torch.autograd.grad((1 - F.cosine_similarity(t, s, dim=1, eps=1e-6)).sum(), s)[0]
+    torch.testing.assert_close(mine, torchs)
+
+
 def _randomize_batchnorm(model):
     """Fitted-looking norm layers, so that folding them is not the identity it would be at initialization."""
     g = torch.Generator().manual_seed(1)
