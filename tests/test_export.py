@@ -132,6 +132,9 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
     r = subprocess.run([sys.executable, "-m", "dskd", "export", "--run", str(run.path), "--format", "onnx", "--int8"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--format openvino" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "dskd", "export", "--run", str(run.path), "--format", "openvino",
+                        "--int8-teacher"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "needs --int8" in r.stderr and "Traceback" not in r.stderr
     fp32 = export(run.path, "openvino", tmp_path / "fp32.xml")
     r = subprocess.run([sys.executable, "-m", "dskd", "export", "--run", str(run.path), "--format", "openvino",
                         "--int8", "--calibration-images", "8"], cwd=REPO, capture_output=True, text=True, timeout=600)
