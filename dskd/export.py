@@ -90,10 +90,13 @@ def _onnx_proto(graph: InferenceGraph, example: tuple, batch: int | None, meta: 
     return proto
 
 
-def _to_onnx(graph: InferenceGraph, example: tuple, path: Path, batch: int | None, meta: dict[str, str]) -> None:
+def _to_onnx(graph: InferenceGraph, example: tuple, path: Path, batch: int | None, meta: dict[str, str]):
+    """Save the graph as one ONNX file; returns the model it saved (its nodes name what INT8 may quantize)."""
     import onnx
 
-    onnx.save_model(_onnx_proto(graph, example, batch, meta), str(path), save_as_external_data=False)
+    proto = _onnx_proto(graph, example, batch, meta)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return proto
 
 
 def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, image_size: int | None = None,
@@ -174,13 +177,11 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
                  calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
                  quantized: tuple[str, ...] = STUDENT_NETWORKS) -> None:
     """Through ONNX (OpenVINO's own PyTorch frontend would also do; ONNX keeps one traced graph for both)."""
-    import onnx
     import openvino as ov
 
     onnx_tmp = target.with_suffix(".tmp.onnx")
     try:
-        proto = _onnx_proto(graph, example, batch, meta)
-        onnx.save_model(proto, str(onnx_tmp), save_as_external_data=False)
+        proto = _to_onnx(graph, example, onnx_tmp, batch, meta)
         model = ov.convert_model(str(onnx_tmp))
         if calibration is not None:
             model = quantize(model, calibration, batch, network_nodes(proto, quantized))

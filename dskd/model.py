@@ -142,6 +142,7 @@ class DSKD(nn.Module):
                     valid: torch.Tensor | None = None, keep_students: bool = True) -> AnomalyOutput:
         return self.fuse(self.native_maps(images), images.shape[-2:], scales, valid, keep_students)
 
+
 def _fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
     """conv followed by bn (eval mode) as one conv: scale each output channel's weights, absorb the shift."""
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
