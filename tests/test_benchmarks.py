@@ -88,3 +88,44 @@ def test_accuracy_table_takes_the_median_time_and_compares_dskd_with_the_better_
     assert "- image_auroc: dskd 96.00, sd_only 98.00: dskd is worse by 2.00." in text
     assert "- pixel_auroc: dskd 80.00, se_only 78.00: dskd is better by 2.00." in text
     assert "| mvtec_ad / mvtec_ad / dskd | 3 | 96.0 ± 0.0 | — | — | 8.0 |" in text
+
+
+def test_ceiling_counts_the_flops_torch_counts_and_charges_them_at_the_chain_rate(monkeypatch):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks import ceiling
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 7, stride=2, padding=3), torch.nn.Conv2d(8, 16, 3, groups=2),
+                              torch.nn.ConvTranspose2d(16, 8, 2, stride=2), torch.nn.Conv2d(8, 8, 1, stride=2))
+    groups = ceiling.conv_gflops(net, 32)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.rand(1, 3, 32, 32))
+    assert sum(groups.values()) == pytest.approx(counter.get_total_flops() / 1e9)
+    assert set(groups) == {(8, 16), (16, 14), (8, 28), (8, 14)}
+    assert ceiling.chain_rate(8, 8, repeats=1) > 0  # OpenVINO really runs the chain
+    monkeypatch.setattr(ceiling, "chain_rate", lambda channels, side: 100.0 * channels)
+    ips, table = ceiling.ceiling(net, 32)
+    assert ips == pytest.approx(1 / sum(g / (100.0 * c) for (c, _), g in groups.items()))
+    assert len(table) == 4
+
+
+def test_fusion_choice_scores_each_student_of_the_dual_student_alone(monkeypatch):
+    import numpy as np
+
+    from benchmarks import fusion_choice
+    from dskd import suite
+    from dskd.metrics import all_metrics
+    from tests.test_maps_archive import _tiny
+
+    saved = _tiny(n=8)
+    saved.per_scale["sd"] = [np.ascontiguousarray(m[::-1]) for m in saved.per_scale["sd"]]  # a student of its own
+    monkeypatch.setattr(suite, "load_maps", lambda run: saved)
+    rows = fusion_choice.rescore("run", fusion_choice.GRIDS["students"])
+    assert [r["students"] for r in rows] == ["se + sd", "se", "sd"]
+    for row, students in zip(rows, (None, ["se"], ["sd"]), strict=True):
+        maps, scores = suite.refuse(saved, students=students)
+        expected = all_metrics(saved.labels, scores, saved.masks, maps)
+        assert row["image_auroc"] == pytest.approx(expected["image_auroc"])
+        assert row["aupro"] == pytest.approx(expected["aupro"])
+    assert rows[1]["image_auroc"] != rows[2]["image_auroc"] or rows[1]["aupro"] != rows[2]["aupro"]
