@@ -7,7 +7,8 @@ Almost all of dskd's FLOPs are convolutions. Each is timed here at the rate Open
 3x3 convolutions with the same output width and resolution, batch 16: its kernels' best case, with no layout
 changes between layers. The ceiling charges every convolution of the graph at that rate and everything else nothing.
 This is generous: the 7x7 stem on 3 channels, the 1x1 shortcuts and the 2x2 transposed convolutions run slower
-than a 3x3 chain of their width. No FP32 engine built on these kernels can beat the ceiling.
+than a 3x3 chain of their width. It is an estimate, not a proof: an engine with other kernels (Winograd, say) could
+pass it; one built on these kernels should not.
 Writes results/benchmarks/ceiling.csv and .md.
 """
 
