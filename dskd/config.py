@@ -191,7 +191,7 @@ class RunConfig:
         return cls(**{k: build(nested[k], v) if k in nested else v for k, v in d.items()})
 
     def fingerprint(self) -> str:
-        """Hash of what determines the trained weights (not the device, which only changes speed)."""
+        """Hash of what determines a run's weights, maps and metrics (map settings too), not of its device."""
         d = {k: v for k, v in self.with_device("any").to_dict().items() if k not in ("device", "profile")}
         for (*parents, key), default in FIELDS_ADDED_LATER.items():
             holder = d[parents[0]] if parents else d
