@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dskd.deploy import OPENVINO_FP32
 from dskd.files import atomic_write, write_text
 from dskd.tables import markdown
 
@@ -62,7 +63,7 @@ def chain_rate(channels: int, side: int, repeats: int = 5) -> float:
     layers = [m for _ in range(DEPTH) for m in (torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.ReLU())]
     x = torch.rand(BATCH, channels, side, side)
     model = ov.convert_model(torch.nn.Sequential(*layers).eval(), example_input=x)
-    request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+    request = ov.Core().compile_model(model, "CPU", OPENVINO_FP32).create_infer_request()
     request.infer({0: x.numpy()})
     times = []
     for _ in range(repeats):

@@ -26,6 +26,7 @@ import torch
 
 from benchmarks.ceiling import ceiling
 from benchmarks.speed import anomalib_available, machine
+from dskd.deploy import OPENVINO_FP32
 from dskd.files import atomic_write, write_text
 from dskd.tables import markdown
 
@@ -44,7 +45,7 @@ def _gflops(module: torch.nn.Module, x: torch.Tensor) -> float:
 def _ov_compile(path: Path) -> Run:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_FP32)
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})
 

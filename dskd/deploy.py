@@ -13,6 +13,9 @@ from .errors import DskdError
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 FORMATS = ("onnx", "openvino", "torchscript")  # what `dskd.export` writes
+# OpenVINO CPU settings that keep a model in FP32 as exported: on CPUs with native bfloat16 OpenVINO would otherwise
+# lower the precision (maps 1e-2 off, here).
+OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray]]
 
 
@@ -80,8 +83,7 @@ def openvino_predictor(path: Path) -> Predictor:
         for section in ("dskd", "framework"):  # our IR's own section; an ONNX file's metadata lands in "framework"
             if key not in meta and model.has_rt_info([section, key]):
                 meta[key] = model.get_rt_info([section, key]).astype(str)
-    # FP32 as exported: on CPUs with native bfloat16 OpenVINO would otherwise lower the precision (1e-2 off, here).
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(model, "CPU", OPENVINO_FP32)
     inputs = [p.get_any_name() for p in compiled.inputs]
 
     def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
