@@ -1,14 +1,16 @@
 """Re-deciding the map defaults across datasets, from saved maps (nothing retrained).
 
-    python -m benchmarks.fusion_choice --data-root ../shared/data [--grid fusion|smoothing|students] [--seeds 0 1 2]
+    python -m benchmarks.fusion_choice --data-root ../shared/data [--grid fusion|smoothing|students|scales]
+                                       [--seeds 0 1 2]
                                        [--configs dskd se_only sd_only dskd_no_df]
 
 The `quick` profile's runs are re-fused with every combination of one grid. `fusion`: student fusion (sum | max),
 scale fusion (sum | product) and map normalization (the run's fitted z-score | none); `mean` fusions are left out,
-they rank every image and pixel exactly as `sum` does, and the `mean` normalization needs statistics of the
-training images that the saved maps do not hold. `smoothing`: the Gaussian's sigma (input pixels) and the image
-score (0: the map's maximum, k: the mean of its k largest pixels). `students`: the dual student's map from both
-students or from one of them alone (is the second student worth its cost?). Each combination is scored as
+they rank every image and pixel exactly as `sum` does, and the `mean` normalization needs statistics of the training
+images that the saved maps do not hold. `smoothing`: the Gaussian's sigma (input pixels) and the image score (0: the
+map's maximum, k: the mean of its k largest pixels). `students`: the dual student's map from both students or from
+one of them alone (is the second student worth its cost?). `scales`: the pyramid levels whose maps are fused (0:
+stride 4, 1: stride 8, 2: stride 16; the multi-scale fusion the paper ablates). Each combination is scored as
 `benchmarks.quick_sweep` scores a profile: the mean over datasets of the mean of the available metrics, averaged
 over the configurations asked for (a default is shared by all of them); a default changes only if another
 combination wins by more than the margin. Writes results/benchmarks/<grid>_choice.csv and .md.
@@ -34,6 +36,7 @@ GRIDS = {  # first value of each: the default, so the first combination is the d
     "fusion": {"student_fusion": ("sum", "max"), "scale_fusion": ("sum", "product"), "normalize": (True, False)},
     "smoothing": {"sigma": (4.0, 1.0, 2.0, 8.0), "score_topk": (0, 16, 64)},
     "students": {"students": (("se", "sd"), ("se",), ("sd",))},
+    "scales": {"scales": ((0, 1, 2), (1, 2), (0, 1), (0, 2), (0,), (1,), (2,))},
 }
 
 
@@ -44,8 +47,7 @@ def rescore(run: str, grid: dict[str, tuple]) -> list[dict]:
         choice = dict(zip(grid, values, strict=True))
         maps, scores = suite.refuse(saved, **choice)
         m = all_metrics(saved.labels, scores, saved.masks, maps, valid=saved.valid)
-        if "students" in choice:
-            choice["students"] = " + ".join(choice["students"])
+        choice = {k: " + ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in choice.items()}
         if "normalize" in choice:
             choice["map_norm"] = saved.fusion["map_norm"] if choice.pop("normalize") else "none"
         rows.append({**choice, **{k: m.get(k) for k in suite.METRICS}})

@@ -129,3 +129,23 @@ def test_fusion_choice_scores_each_student_of_the_dual_student_alone(monkeypatch
         assert row["image_auroc"] == pytest.approx(expected["image_auroc"])
         assert row["aupro"] == pytest.approx(expected["aupro"])
     assert rows[1]["image_auroc"] != rows[2]["image_auroc"] or rows[1]["aupro"] != rows[2]["aupro"]
+
+
+def test_fusion_choice_scales_grid_fuses_each_subset_of_the_pyramid(monkeypatch):
+    from benchmarks import fusion_choice
+    from dskd import suite
+    from dskd.metrics import all_metrics
+    from tests.test_maps_archive import _tiny
+
+    saved = _tiny(n=8)
+    monkeypatch.setattr(suite, "load_maps", lambda run: saved)
+    grid = fusion_choice.GRIDS["scales"]
+    assert grid["scales"][0] == (0, 1, 2)  # the first combination is the default: every level
+    rows = fusion_choice.rescore("run", grid)
+    assert [r["scales"] for r in rows] == ["0 + 1 + 2", "1 + 2", "0 + 1", "0 + 2", "0", "1", "2"]
+    for row, subset in zip(rows, grid["scales"], strict=True):
+        maps, scores = suite.refuse(saved, scales=subset)
+        expected = all_metrics(saved.labels, scores, saved.masks, maps)
+        assert row["pixel_auroc"] == pytest.approx(expected["pixel_auroc"])
+        assert row["aupro"] == pytest.approx(expected["aupro"])
+    assert len({round(r["pixel_auroc"], 9) for r in rows}) > 1  # the subsets really differ
