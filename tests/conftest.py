@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+
+# Tests side by side (run_tests.sh runs pytest-xdist, one worker per core) share the cores: each worker, and every
+# process it starts (the command line, notebook kernels, Ray), computes on its share, never oversubscribing them.
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    for _name in ("DSKD_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _workers)))
 
 import numpy as np
 import pytest
@@ -13,6 +20,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MT_ROOT = SHARED_DATA / "mt_defects"
 MT_SPLIT = MT_ROOT / "splits" / "differnet_train_free.txt"
 BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"  # real MVTec AD images, without ground truth
+
+
+if "DSKD_NUM_THREADS" in os.environ:
+    torch.set_num_threads(int(os.environ["DSKD_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
