@@ -4,8 +4,8 @@ import os
 import shutil
 from pathlib import Path
 
-# Tests side by side (run_tests.sh runs pytest-xdist, one worker per core) share the cores: each worker, and every
-# process it starts (the command line, notebook kernels, Ray), computes on its share, never oversubscribing them.
+# Tests side by side (run_tests.sh runs pytest-xdist, one worker per logical core) share the cores: each worker, and
+# every process it starts (the command line, notebook kernels, Ray), computes on its share, never oversubscribing them.
 if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
     for _name in ("DSKD_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _workers)))
