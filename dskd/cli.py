@@ -163,6 +163,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "n_test", "seconds"):
         value = result.get(key)
         print(f"{key:>14}: {'—' if value is None else f'{value:.4f}' if isinstance(value, float) else value}")
+    threshold = result["decision_threshold"]
+    for kind, s in result["score_summary"].items():
+        print(f"{kind:>14}: {s['n']} image(s), scores {s['min']:.4f} to {s['max']:.4f} (median {s['median']:.4f}); "
+              f"{s['at_or_above_threshold']:.1%} at or above the threshold {threshold:.4f} ({result['decision_rule']})")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -188,6 +192,12 @@ def _export(args: argparse.Namespace) -> None:
                  calibration_images=args.calibration_images))
 
 
+def os_problem(exc: OSError) -> str:
+    """A file the system refused (a folder that does not exist, no permission, a full disk), in one line."""
+    return f"could not use {exc.filename} ({exc.strerror or exc}); check that its folder exists and that you may " \
+           "write there"
+
+
 def _profile_in(argv: list[str]) -> str:
     for i, a in enumerate(argv):
         if a == "--profile" and i + 1 < len(argv) and argv[i + 1] in PROFILES:
@@ -209,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if debug or exc.filename is None:  # an OSError naming no file is not the user's to fix
+            raise
+        print(f"error: {os_problem(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)

@@ -34,20 +34,19 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     maps, scores, per_student, per_scale = _all_maps(loaded, images, valid, save_maps, quiet)
     labels, valid_np = test_set.labels, None if valid is None else valid.numpy()
     masks_np = masks.numpy() if test_set.has_masks else None
-    if masks_np is None:
-        log.warning("%s has no pixel masks: image-level metrics only (pixel AUROC, AUPRO and pixel F1 are null)",
-                    test_set.where)
-    metrics = {**dict.fromkeys(PIXEL_METRICS),
-               **all_metrics(labels, scores, masks_np, maps, test_set.defect_types, valid=valid_np)}
+    metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
+    threshold, rule = (loaded.image_threshold, "train_mean_plus_3std") if metrics["image_auroc"] is None else \
+        (f1_max_threshold(labels, scores), "f1_max_on_test")
     result: dict[str, Any] = {
         **metrics, "n_test": len(labels), "n_defective": int(labels.sum()),
         "seconds": round(time.perf_counter() - t0, 3),
         "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
         "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
         "epochs": cfg.epochs, "seed": cfg.seed, "precision": loaded.precision, "run": str(loaded.run.path),
-        # predict's image-level decision: the F1-max threshold on this test split (a score at or above it is
-        # "defective"); before a run is evaluated, predict uses the training images' mean + 3 std instead.
-        "decision_threshold": f1_max_threshold(labels, scores), "decision_rule": "f1_max_on_test",
+        # predict's image-level decision (a score at or above it is "defective"): the F1-max threshold on this test
+        # split where it has both kinds of images, else the training images' mean + 3 std.
+        "decision_threshold": threshold, "decision_rule": rule,
+        "score_summary": score_summary(labels, scores, threshold),
     }
     write_json(loaded.run.metrics_file, result)
     if save_maps:
@@ -58,6 +57,38 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             per_scale=per_scale,
             norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np))
     return result
+
+
+def _metrics(where: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray,
+             defect_types, valid: np.ndarray | None) -> dict[str, Any]:
+    """The threshold-free metrics, each None (with one warning line) where the test split cannot define it: image
+    metrics need good and defective images, pixel metrics need masks with at least one defect pixel."""
+    n_defective = int(labels.sum())
+    if n_defective in (0, len(labels)):
+        log.warning("%s holds only %s images: image AUROC, F1-max, pixel AUROC and AUPRO are undefined (null); "
+                    "see score_summary for the scores and the share at the decision threshold", where,
+                    "defect-free" if n_defective == 0 else "defective")
+        return {**dict.fromkeys(("image_auroc", "image_f1_max", *PIXEL_METRICS)), "per_defect_image_auroc": {}}
+    if masks is not None and not masks.any():
+        log.warning("%s: every mask is empty: pixel AUROC, AUPRO and pixel F1 are null", where)
+        masks = None
+    elif masks is None:
+        log.warning("%s has no pixel masks: image-level metrics only (pixel AUROC, AUPRO and pixel F1 are null)",
+                    where)
+    return {**dict.fromkeys(PIXEL_METRICS), **all_metrics(labels, scores, masks, maps, defect_types, valid=valid)}
+
+
+def score_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+    """What can be measured with one kind of image alone: each kind's score distribution and the share of its
+    images at or above `threshold` (the false-alarm rate of the good ones, the recall of the defective ones)."""
+    out = {}
+    for kind, chosen in (("good", ~labels.astype(bool)), ("defective", labels.astype(bool))):
+        s = scores[chosen].astype(np.float64)
+        if s.size:
+            out[kind] = {"n": int(s.size), "min": float(s.min()), "median": float(np.median(s)),
+                         "p95": float(np.percentile(s, 95)), "max": float(s.max()),
+                         "at_or_above_threshold": float((s >= threshold).mean())}
+    return out
 
 
 def _all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | None, keep: bool, quiet: bool):

@@ -6,6 +6,8 @@ scripts) drive it exactly as the widgets do; `widget()` wires those methods to i
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -162,14 +164,18 @@ class MapExplorer:
         return fig
 
     def render(self) -> None:
+        """Replace the output area's content by setting its `outputs` from the kernel, never by capturing with
+        `with output:`. A capture makes a headless client (nbclient, hence papermill) answer every captured output
+        with a comm message on the shell channel it is reading the cell's reply from; docs/findings.md section 21
+        traces the explorer's hang under papermill to that. Setting the trait sends nothing back."""
         if self._output is None:
             return
         import matplotlib.pyplot as plt
 
-        with self._output:
-            self._output.clear_output(wait=True)
-            fig = self.figure()
-            plt.show()
+        fig = self.figure()
+        try:
+            self._output.outputs = (png_output(fig),)
+        finally:
             plt.close(fig)
 
     def widget(self):
@@ -209,3 +215,11 @@ class MapExplorer:
         opacity.observe(lambda c: self.set_opacity(c["new"]), names="value")
         self.render()
         return w.VBox([w.HBox([run, view]), w.HBox([image, threshold]), w.HBox([cmap, opacity]), self._output])
+
+
+def png_output(fig) -> dict:
+    """A figure as one notebook `display_data` output: a PNG, and the text a front end without images shows."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": repr(fig)}}

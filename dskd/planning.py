@@ -12,18 +12,17 @@ from pathlib import Path
 
 from .config import RunConfig
 from .executors import ExecutorConfig, execute, run_folder, summary
+from .notebook_exec import Limits, papermill
 
 log = logging.getLogger(__name__)
 
 
-def plan(notebooks: list[Path], params: dict, work: Path) -> dict[Path, list[RunConfig]]:
+def plan(notebooks: list[Path], params: dict, work: Path, limits: Limits) -> dict[Path, list[RunConfig]]:
     """runs_root -> the distinct runs the notebooks need there. A notebook that stops during planning (its later
-    cells need trained runs) has recorded every run it asked for by then."""
-    from .runall import papermill
-
+    cells need trained runs) has recorded every run it asked for by then; one that runs past `limits` is stopped."""
     plan_file = work / "plan.jsonl"
     for nb in notebooks:
-        papermill(nb, work / nb.name, params, work / f"{nb.stem}.log", env={"DSKD_PLAN": str(plan_file)})
+        papermill(nb, work / nb.name, params, work / f"{nb.stem}.log", limits, env={"DSKD_PLAN": str(plan_file)})
     planned: dict[Path, dict[Path, RunConfig]] = {}
     for line in plan_file.read_text().splitlines() if plan_file.is_file() else []:
         entry = json.loads(line)
@@ -32,10 +31,10 @@ def plan(notebooks: list[Path], params: dict, work: Path) -> dict[Path, list[Run
     return {root: list(runs.values()) for root, runs in planned.items()}
 
 
-def plan_and_train(notebooks: list[Path], params: dict, out_dir: Path, executor: ExecutorConfig) -> int:
+def plan_and_train(notebooks: list[Path], params: dict, out_dir: Path, executor: ExecutorConfig, limits: Limits) -> int:
     """Plan the notebooks' runs, train them on `executor`; prints a summary and returns how many runs failed."""
     with tempfile.TemporaryDirectory(prefix=".plan-", dir=out_dir if out_dir.is_dir() else None) as tmp:
-        planned = plan(notebooks, params, Path(tmp))
+        planned = plan(notebooks, params, Path(tmp), limits)
     n = sum(len(v) for v in planned.values())
     print(f"planned {n} distinct run(s) for {len(notebooks)} notebook(s); training them on {executor.name}", flush=True)
     outcomes = []

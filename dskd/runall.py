@@ -4,6 +4,10 @@ Executed notebooks go to `<out>/notebooks/`. A notebook is skipped when its last
 notebook, the same package code and the same parameters (a stamp file records them), unless --force.
 A failing notebook does not stop the others; the summary at the end lists each one, and the exit status
 is non-zero when any failed.
+
+Nothing waits forever: every cell has a time limit (`--timeout`, by default the profile's `CELL_TIMEOUT`), the kernel
+a start limit, and the whole notebook a wall-clock limit derived from both. A notebook that runs past a limit or
+whose kernel dies is run once more in a fresh kernel, then reported as `timed out` / `kernel died` with its log.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +26,7 @@ from .config import PROFILES
 from .errors import DskdError
 from .executors import EXECUTORS, ExecutorConfig
 from .files import write_json, write_text
+from .notebook_exec import CELL_TIMEOUT, KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -36,17 +40,8 @@ def _stamp(notebook: Path, params: dict) -> str:
     return h.hexdigest()
 
 
-def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, env: dict[str, str] | None = None) -> int:
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-k", "python3", "--cwd",
-           str(NOTEBOOKS), "--log-output", "--no-progress-bar"]
-    for k, v in params.items():
-        cmd += ["-y", json.dumps({k: v})]
-    with open(log_file, "w") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
-
-
-def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool) -> tuple[str, str, float]:
+def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
+                 limits: Limits) -> tuple[str, str, float]:
     executed = out_dir / "notebooks" / notebook.name
     stamp_file = executed.with_suffix(".stamp.json")
     stamp = _stamp(notebook, params)
@@ -55,14 +50,24 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool) -> tu
         return notebook.stem, "up to date", 0.0
     t0 = time.perf_counter()
     log_file = executed.with_suffix(".log")
-    code = papermill(notebook, executed, params, log_file)
+    why = papermill(notebook, executed, params, log_file, limits)
+    retried = why in (TIMED_OUT, KERNEL_DIED)
+    if retried:  # once more, in a fresh kernel; the first attempt's log is kept beside
+        print(f"[{time.strftime('%H:%M:%S')}] {notebook.stem}: {why}; retrying once in a fresh kernel", flush=True)
+        log_file.replace(log_file.with_suffix(".attempt1.log"))
+        first, why = why, papermill(notebook, executed, params, log_file, limits)
     minutes = (time.perf_counter() - t0) / 60
-    if code == 0:
+    if why is None:
         write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
-        return notebook.stem, "ok", minutes
+        return notebook.stem, f"ok (retried after: {first})" if retried else "ok", minutes
     stamp_file.unlink(missing_ok=True)
-    return notebook.stem, f"FAILED (see {log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file})", \
+    shown = log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file
+    return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''} (see {shown})", \
         minutes
+
+
+def succeeded(status: str) -> bool:
+    return status.startswith(("ok", "up to date"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="run only these notebooks (a name or its prefix, e.g. 10_table_mvtec_ad or 10)")
     p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
+    p.add_argument("--timeout", type=_positive, metavar="SECONDS",
+                   help="most seconds one notebook cell may run before the notebook is stopped, retried once, and "
+                        "reported (default by profile: " + ", ".join(f"{k} {v}" for k, v in CELL_TIMEOUT.items()) +
+                        f"); the kernel has {START_TIMEOUT} s to start")
     p.add_argument("--out", help="results folder (default: results/<profile>/)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: each notebook trains its runs in turn; ray: one pass plans every run the notebooks "
@@ -89,6 +98,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, help="GPUs per run on Ray (fractions share a GPU; default 1 if any)")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run on Ray (default 1)")
     return p
+
+
+def _writable(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DskdError(f"--out {out_dir} is a file; choose a folder for the results")
+    try:
+        (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DskdError(f"could not use {exc.filename} ({exc.strerror}); check that its folder exists and that you "
+                        "may write there") from exc
+    return out_dir
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds above 0, not '{text}'")
+    return int(text)
 
 
 def _chosen(only: list[str] | None) -> list[Path]:
@@ -107,15 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         notebooks = _chosen(args.only)
         if args.data_root and not Path(args.data_root).is_dir():
             raise DskdError(f"--data-root {args.data_root} does not exist; pass the folder that holds the datasets")
+        out_dir = _writable(Path(args.out or REPO / "results" / args.profile).resolve())
     except DskdError as exc:  # said before anything runs
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out or REPO / "results" / args.profile).resolve()
     params = {"profile": args.profile, "out_dir": _shown(out_dir)}  # notebooks run in notebooks/
     if args.data_root:
         params["data_root"] = _shown(Path(args.data_root).resolve())
     if args.profile == "test":
         params["complexity_size"] = 64
+    limits = Limits(args.timeout or CELL_TIMEOUT[args.profile])
     t0 = time.perf_counter()
     failed_runs = 0
     if args.executor == "ray":
@@ -123,16 +150,17 @@ def main(argv: list[str] | None = None) -> int:
 
         executor = ExecutorConfig("ray", args.ray_address, args.gpus_per_run, args.cpus_per_run)
         try:
-            failed_runs = plan_and_train(notebooks, params, out_dir, executor)
+            failed_runs = plan_and_train(notebooks, params, out_dir, executor, limits)
         except DskdError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force)), notebooks))
+        results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force, limits)),
+                                notebooks))
     print(f"\n{'notebook':<32} {'status':<40} {'minutes':>7}")
     for name, status, minutes in results:
         print(f"{name:<32} {status:<40} {minutes:>7.1f}")
-    failed = [r for r in results if r[1].startswith("FAILED")]
+    failed = [r for r in results if not succeeded(r[1])]
     write_index(out_dir, args.profile, params.get("data_root"))
     print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
           f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MT_ROOT = SHARED_DATA / "mt_defects"
 MT_SPLIT = MT_ROOT / "splits" / "differnet_train_free.txt"
-BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"  # real MVTec AD images, without ground truth
+BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"  # real MVTec AD images, with the official masks
 
 
 if "DSKD_NUM_THREADS" in os.environ:
@@ -60,7 +60,8 @@ def mt(tmp_path) -> Path:
 
 @pytest.fixture
 def bottle(tmp_path) -> Path:
-    """A small copy of the real bottle category: 24 training images, 4 good and 4 broken test images."""
+    """A small copy of the real bottle category without its masks: 24 training images, 4 good and 4 broken test
+    images (no ground_truth/, like many users' own data)."""
     root = tmp_path / "mvtec_ad" / "bottle"
     picks = {"train/good": 24, "test/good": 4, "test/broken_large": 4}
     for sub, n in picks.items():

@@ -234,8 +234,20 @@ def test_real_mpdd_loads_with_masks():
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mvtec_ad" / "bottle").is_dir(), reason="shared bottle data absent")
-def test_real_bottle_without_ground_truth_is_image_level_only():
+def test_real_bottle_loads_its_official_masks():
     test = load_dataset("mvtec_ad", SHARED_DATA, "bottle", "test", 64)
+    assert len(test) == 83 and sum(test.labels) == 63 and test.has_masks
+    assert sum(test[i]["mask"].sum() > 0 for i in range(len(test)) if test.samples[i].label) == 63
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mvtec_ad" / "bottle").is_dir(), reason="shared bottle data absent")
+def test_real_bottle_without_ground_truth_is_image_level_only(tmp_path):
+    """Many users' own data has no masks: a copy of bottle that links train/ and test/ but not ground_truth/."""
+    copy = tmp_path / "mvtec_ad" / "bottle"
+    copy.mkdir(parents=True)
+    for sub in ("train", "test"):
+        (copy / sub).symlink_to(SHARED_DATA / "mvtec_ad" / "bottle" / sub, target_is_directory=True)
+    test = load_dataset("mvtec_ad", tmp_path, "bottle", "test", 64)
     assert len(test) == 83 and sum(test.labels) == 63 and not test.has_masks
     assert set(test.defect_types) == {"good", "broken_large", "broken_small", "contamination"}
 

@@ -203,6 +203,12 @@ def test_run_all_checks_its_arguments_before_running(tmp_path, capsys):
     assert runall.main(["--only", "99_nothing", "--out", str(tmp_path)]) == 2
     assert "99_nothing" in capsys.readouterr().err
     assert not (tmp_path / "notebooks").exists()
+    (tmp_path / "taken").write_text("mine")
+    for out, said in ((tmp_path / "taken", "is a file"), (Path("/proc/dskd"), "could not use /proc/dskd")):
+        assert runall.main(["--only", "00", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and said in err, err
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 BAD_INPUTS = [
@@ -219,6 +225,7 @@ BAD_INPUTS = [
     ["train", "--out", "{t}/a", "--lr", "-0.1"], ["train", "--out", "{t}/a", "--backbone", "vgg"],
     ["evaluate", "--run", "{t}/none"], ["evaluate"], ["predict", "--run", "{t}/none", "{t}", "--out", "{t}/p"],
     ["nothing"], ["train", "--out", "{t}/a", "--fit-mode", "crop"], ["train", "--out", "{t}/a", "--se-optim-name", "x"],
+    ["train", "--out", "/proc/dskd/a"], ["predict", "--model", "{t}/none.onnx", "{t}", "--out", "{t}/p"],
 ]
 
 
@@ -230,3 +237,47 @@ def test_no_bad_input_prints_a_traceback(tmp_path):
         r = _cli(*[a.format(t=tmp_path) for a in argv])
         assert r.returncode == 2 and "Traceback" not in r.stderr, (argv, r.stderr[-1500:])
         assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1, (argv, r.stderr)
+
+
+def _images(folder, n, value=100, size=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n + value)
+    for i in range(n):
+        Image.fromarray(rng.integers(value - 20, value + 20, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_test_split_with_one_kind_of_image_reports_what_it_can(tmp_path):
+    """A user's own folder before any defect is collected (good images only), and a test split of defective images
+    only: the metrics that need both kinds are null with one warning line saying why; the score distribution and
+    the share at the decision threshold are reported; exit 0, no traceback."""
+    good_only = tmp_path / "parts"
+    _images(good_only / "washer" / "good", 20)
+    defective_only = tmp_path / "mvtec_ad" / "bottle"
+    _images(defective_only / "train" / "good", 16)
+    _images(defective_only / "test" / "dent", 3, value=200)
+    for i in range(3):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[10:20, 10:20] = 255
+        (defective_only / "ground_truth" / "dent").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(defective_only / "ground_truth" / "dent" / f"{i}_mask.png")
+    for dataset, root, category, kind in (("folder", good_only, "washer", "defect-free"),
+                                          ("mvtec_ad", tmp_path, "bottle", "defective")):
+        run = tmp_path / f"run_{dataset}"
+        trained = _cli("train", "--profile", "test", "--dataset", dataset, "--category", category, "--data-root",
+                       root, "--out", run, "--quiet", "--device", "cpu")
+        assert trained.returncode == 0, trained.stderr[-2000:]
+        r = _cli("evaluate", "--run", run, "--json", "--device", "cpu")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        warnings = [line for line in r.stderr.splitlines() if line.startswith("WARNING")]
+        assert len(warnings) == 1 and f"only {kind} images" in warnings[0], r.stderr
+        result = json.loads(r.stdout)
+        for key in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro", "pixel_f1_max"):
+            assert result[key] is None, key
+        assert result["decision_rule"] == "train_mean_plus_3std"
+        summary = result["score_summary"][{"defect-free": "good", "defective": "defective"}[kind]]
+        assert summary["n"] == result["n_test"] and 0 <= summary["at_or_above_threshold"] <= 1
+        assert summary["min"] <= summary["median"] <= summary["max"]
+        assert json.loads((run / "metrics.json").read_text())["image_auroc"] is None
+    shown = _cli("evaluate", "--run", run, "--device", "cpu")  # the same, as a person reads it
+    assert shown.returncode == 0 and "image_auroc: —" in shown.stdout and "at or above the threshold" in shown.stdout

@@ -120,6 +120,7 @@ def test_export_and_predict_through_the_command_line_in_every_engine(data_root, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, tmp_path):
     import openvino as ov
 
@@ -195,6 +196,7 @@ sys.exit(code)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_predict_from_an_exported_model_in_a_venv_without_torch(tmp_path, data_root):
     """A line-side PC: a fresh venv with only the [deploy] extra (no PyTorch), dskd's source, and the .onnx file."""
     import tomllib

@@ -1,11 +1,12 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from dskd import archive, runall
+from dskd import archive, notebook_exec, runall
 from dskd.config import ModelConfig
 from dskd.explorer import MapExplorer
 
@@ -27,6 +28,7 @@ def test_notebooks_committed_clean_with_parameters_cell():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_every_notebook_executes_under_the_test_profile(tmp_path):
     code = runall.main(["--profile", "test", "--out", str(tmp_path), "--jobs", "2"])
     assert code == 0, [p.read_text()[-2000:] for p in (tmp_path / "notebooks").glob("*.log")]
@@ -102,3 +104,124 @@ def test_explorer_callbacks_and_iou(fake_run):
     ex.set_cmap("viridis")
     fig = ex.figure()
     assert any("IoU" in ax.get_title() for ax in fig.axes)
+
+
+def _notebook(path, *cells):
+    """A notebook with run_all's parameters cell, then `cells`."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    params = nbformat.v4.new_code_cell('profile = "demo"\nout_dir = "."')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_notebook_past_its_limit_is_stopped_retried_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "01_sleeps.ipynb", "import time\ntime.sleep(10 ** 6)")
+    _notebook(books / "02_dies.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    _notebook(books / "03_works.ipynb", "from pathlib import Path\nPath(out_dir, 'done.txt').write_text('yes')")
+    monkeypatch.setattr(runall, "NOTEBOOKS", books)
+    out = tmp_path / "out"
+    out.mkdir()
+    t0 = time.perf_counter()
+    code = runall.main(["--profile", "test", "--out", str(out), "--timeout", "8"])
+    seconds = time.perf_counter() - t0
+    said = capsys.readouterr().out
+    assert code == 1
+    rows = {line.split()[0]: line for line in said.splitlines() if line.startswith(("01_", "02_", "03_"))}
+    assert "timed out twice" in rows["01_sleeps"] and "kernel died twice" in rows["02_dies"], said
+    assert rows["03_works"].split()[1] == "ok" and (out / "done.txt").read_text() == "yes"
+    assert said.count("retrying once in a fresh kernel") == 2
+    for stem in ("01_sleeps", "02_dies"):  # both attempts' logs are kept, and say what stopped them
+        assert (out / "notebooks" / f"{stem}.attempt1.log").is_file() and (out / "notebooks" / f"{stem}.log").is_file()
+    assert "CellTimeoutError" in (out / "notebooks" / "01_sleeps.log").read_text()
+    assert "2 failed" in said and seconds < 300  # two 8 s cells, each twice, plus kernel starts: far from forever
+
+
+def test_the_wall_clock_limit_stops_a_notebook_whose_client_never_returns(tmp_path):
+    """papermill's own cell limit cannot fire when papermill itself is stuck; the process limit still does, and
+    the kernel goes with it."""
+    nb = tmp_path / "stuck.ipynb"
+    _notebook(nb, "print('hello')")
+    assert notebook_exec.Limits(cell_s=1, start_s=1).total_s(nb) == 1 + 1 * 2 + 60  # start, each code cell, a minute
+
+    class ThreeSeconds(notebook_exec.Limits):
+        def total_s(self, notebook):
+            return 3
+
+    fake = tmp_path / "fake" / "papermill"  # a papermill that hangs before running anything
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import time\ntime.sleep(10 ** 6)\n")
+    t0 = time.perf_counter()
+    why = notebook_exec.papermill(nb, tmp_path / "out.ipynb", {}, tmp_path / "log.txt", ThreeSeconds(cell_s=1),
+                                  env={"PYTHONPATH": str(fake.parent)})
+    assert why == notebook_exec.TIMED_OUT and time.perf_counter() - t0 < 30
+    assert "wall-clock limit" in (tmp_path / "log.txt").read_text()
+
+
+def test_run_all_refuses_a_timeout_that_is_not_a_positive_number(capsys):
+    with pytest.raises(SystemExit) as exc:
+        runall.main(["--timeout", "0"])
+    assert exc.value.code == 2 and "--timeout" in capsys.readouterr().err
+
+
+def _execute_counting_replies(path, monkeypatch) -> tuple[dict, list]:
+    """Execute a notebook with nbclient (papermill's client) in this process; every comm message its Output-widget
+    stand-in sends back to the kernel on the shell channel is recorded."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.output_widget import OutputWidget
+
+    sent, original = [], OutputWidget.send
+    monkeypatch.setattr(OutputWidget, "send", lambda self, *a, **k: (sent.append(a), original(self, *a, **k))[1])
+    client = NotebookClient(nbformat.read(path, 4), timeout=300, startup_timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    return client.widget_state, sent
+
+
+@pytest.mark.timeout(600)
+def test_the_explorer_sends_nothing_back_to_the_kernel_under_papermill(fake_run, tmp_path, monkeypatch):
+    """The cause of the explorer's hang (docs/findings.md section 21): drawing into an Output widget by capture makes
+    nbclient answer on the shell channel while it waits there for the cell's reply. The explorer draws by setting
+    the widget's outputs, so nothing is sent; the control, a capture, does send."""
+    explorer = tmp_path / "explorer.ipynb"
+    _notebook(explorer, f"from dskd.explorer import MapExplorer\nex = MapExplorer({{'fake': {str(fake_run)!r}}})\n"
+                        "box = ex.widget()\nex.set_image(1)\nex.set_threshold(2.0)\nbox")
+    state, sent = _execute_counting_replies(explorer, monkeypatch)
+    shown = [o for s in state.values() if s.get("_model_name") == "OutputModel" for o in s.get("outputs", [])]
+    assert sent == [] and len(shown) == 1 and "image/png" in shown[0]["data"]
+    capture = tmp_path / "capture.ipynb"
+    _notebook(capture, "import ipywidgets as w\nfrom IPython.display import display\nout = w.Output()\n"
+                       "with out:\n    display('drawn by capture')\nout")
+    assert len(_execute_counting_replies(capture, monkeypatch)[1]) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_explorer_notebook_finishes_within_its_limit_beside_a_training_run(tmp_path, data_root):
+    """The notebook that hung, run three times under papermill while a training run keeps the CPU busy."""
+    busy = subprocess.Popen([sys.executable, "-m", "dskd", "train", "--profile", "test", "--epochs", "200",
+                             "--data-root", str(data_root), "--out", str(tmp_path / "busy"), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        notebook = REPO / "notebooks" / "40_explore_anomaly_maps.ipynb"
+        limits = notebook_exec.Limits(cell_s=240)
+        params = {"profile": "test", "out_dir": str(tmp_path / "results")}
+        for attempt in range(3):  # the first trains the notebook's runs; the others find them cached
+            assert busy.poll() is None, "the training run beside ended early"
+            log = tmp_path / f"attempt{attempt}.log"
+            t0 = time.perf_counter()
+            why = notebook_exec.papermill(notebook, tmp_path / "executed.ipynb", params, log, limits)
+            assert why is None, (attempt, why, log.read_text()[-2000:])
+            assert time.perf_counter() - t0 < limits.total_s(notebook)
+    finally:
+        busy.kill()
+        busy.wait()

@@ -26,7 +26,7 @@ from dskd.methods import METHODS
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 ray = pytest.importorskip("ray")  # CI installs it (the dev extra); the check below proves the local path without it
 
 CLUSTER = """
