@@ -19,9 +19,9 @@ import pandas as pd
 
 from dskd import suite
 from dskd.config import FIT_MODES, MAP_NORMS, PRECISIONS
-from dskd.executors import run_folder
 from dskd.files import atomic_write, write_text
 from dskd.methods import METHODS
+from dskd.run_task import run_folder
 from dskd.tables import ABSENT
 
 REPO = Path(__file__).resolve().parents[1]

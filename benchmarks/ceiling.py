@@ -86,7 +86,7 @@ def ceiling(graph: torch.nn.Module, size: int) -> tuple[float, pd.DataFrame]:
 
 def main(argv: list[str] | None = None) -> int:
     import dskd
-    from benchmarks.speed import machine
+    from benchmarks.common import machine
     from dskd.export import InferenceGraph
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.ceiling", description=__doc__.split("\n\n")[0])

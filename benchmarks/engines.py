@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from benchmarks.ceiling import ceiling
-from benchmarks.speed import anomalib_available, machine
+from benchmarks.common import anomalib_available, machine
 from dskd.deploy import OPENVINO_FP32
 from dskd.files import atomic_write, write_text
 from dskd.tables import markdown

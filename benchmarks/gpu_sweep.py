@@ -101,7 +101,8 @@ def _record(job: tuple, outcome, size: int) -> dict:
 def run_sweep(args: argparse.Namespace) -> None:
     """The grid's runs on the executor (local: one after another; ray: `--workers` runs share each GPU), then one
     JSON line per run in OUT/sweep.jsonl."""
-    from dskd.executors import ExecutorConfig, execute
+    from dskd.executors import execute
+    from dskd.run_task import ExecutorConfig
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     jobs = grid(args.grid)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.speed import machine
+from benchmarks.common import machine
 from dskd.files import atomic_write, write_text
 from dskd.tables import markdown
 

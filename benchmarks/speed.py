@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.common import anomalib_available, machine
 from dskd.maps import discrepancy_maps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,14 +34,6 @@ DSKD_MODELS = ("dskd", "se_only", "sd_only")
 # "before" of speed.md, measured in the same run as everything else.
 BEFORE = "dskd_before"
 ANOMALIB_MODELS = ("anomalib_stfpm", "anomalib_reverse_distillation")
-
-
-def anomalib_available() -> bool:
-    try:
-        import anomalib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class Bench:
@@ -273,19 +265,6 @@ def cuda_peak_memory_mb(model: str, backbone: str, image_size: int, batch: int) 
     b.infer(torch.rand(16, 3, image_size, image_size, device="cuda"))
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**20
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def _targets(table: pd.DataFrame, post: float, metric_s: float) -> list[str]:

@@ -106,3 +106,13 @@ def _all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | Non
             native[name].append([m[:, 0].cpu().numpy() for m in nat[name]])
     per_scale = {k: [np.concatenate(parts) for parts in zip(*v, strict=True)] for k, v in native.items()}
     return maps, scores, per_student, per_scale
+
+
+def evaluate_once(run: RunDir) -> dict[str, Any]:
+    """Metrics of a run, evaluating it (and saving its maps) only when that was not done since training with
+    the current archive schema."""
+    if run.metrics_file.is_file() and run.maps_file.is_file() and \
+            run.metrics_file.stat().st_mtime >= run.checkpoint.stat().st_mtime and \
+            archive.version(run.maps_file) == archive.VERSION:
+        return run.metrics()
+    return evaluate(run, save_maps=True)

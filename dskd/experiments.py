@@ -18,14 +18,13 @@ from typing import Any
 
 import pandas as pd
 
-from . import archive
 from .config import PROFILES, RunConfig, profile_config
 from .data import categories as present_categories
 from .data import get_dataset
 from .errors import DskdError
-from .evaluation import evaluate
-from .executors import ExecutorConfig, execute
+from .executors import execute
 from .methods import get_method
+from .run_task import ExecutorConfig
 from .runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -119,16 +118,6 @@ def experiment(*, dataset: str, profile: str = "demo", data_root: str | None = N
     if "split_file" not in extra and spec.standard_split_file(root):
         extra["split_file"] = spec.standard_split_file(root)
     return Experiment(categories=wanted, **base)
-
-
-def evaluated(run: RunDir) -> dict[str, Any]:
-    """Metrics of a run, evaluating it (and saving its maps) only when that was not done since training with
-    the current archive schema."""
-    if run.metrics_file.is_file() and run.maps_file.is_file() and \
-            run.metrics_file.stat().st_mtime >= run.checkpoint.stat().st_mtime and \
-            archive.version(run.maps_file) == archive.VERSION:
-        return run.metrics()
-    return evaluate(run, save_maps=True)
 
 
 def grid_configs(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("dskd",),

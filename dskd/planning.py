@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 from .config import RunConfig
-from .executors import ExecutorConfig, execute, run_folder, summary
+from .executors import execute, summary
 from .notebook_exec import Limits, papermill
+from .run_task import ExecutorConfig, run_folder
 
 log = logging.getLogger(__name__)
 

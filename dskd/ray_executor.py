@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .errors import DskdError
-from .executors import ExecutorConfig, train_and_evaluate
+from .run_task import ExecutorConfig, train_and_evaluate
 
 INSTALL = ("--executor ray needs Ray: pip install -e '.[cluster]' -c <(printf 'torch==VERSION\\n') with this "
            "machine's torch version, so that pip keeps it")

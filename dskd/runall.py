@@ -24,9 +24,9 @@ from pathlib import Path
 
 from .config import PROFILES
 from .errors import DskdError
-from .executors import EXECUTORS, ExecutorConfig
 from .files import write_json, write_text
 from .notebook_exec import CELL_TIMEOUT, KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
+from .run_task import EXECUTORS, ExecutorConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from .ablations import SCALE_SUBSETS, complexity_table, multiscale_ablation, refuse, teacher_weights_available
 from .archive import SavedMaps
 from .archive import load as load_maps
-from .experiments import Experiment, evaluated, experiment, run_grid
+from .evaluation import evaluate_once
+from .experiments import Experiment, experiment, run_grid
 from .figures import pick_samples, qualitative_figure, save_figure, show_samples
 from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
 from .plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure
@@ -17,7 +18,7 @@ from .tables import METRICS, benchmark_table, markdown, method_table, per_defect
 
 __all__ = [
     "ABLATION_DF", "ABLATION_STUDENTS", "METHODS", "METRICS", "SCALE_SUBSETS", "TABLE_METHODS", "Experiment",
-    "SavedMaps", "bars_figure", "benchmark_table", "complexity_table", "cost_figure", "curves_figure", "evaluated",
+    "SavedMaps", "bars_figure", "benchmark_table", "complexity_table", "cost_figure", "curves_figure", "evaluate_once",
     "experiment", "load_maps", "markdown", "method_bars", "method_table", "multiscale_ablation", "multiscale_bars",
     "per_defect_table", "pick_samples", "qualitative_figure", "reference", "refuse", "run_grid", "save_figure",
     "save_table", "show_samples", "summarize", "teacher_weights_available", "training_figure",

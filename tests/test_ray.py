@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from dskd.config import profile_config
-from dskd.executors import ExecutorConfig, execute
+from dskd.executors import execute
 from dskd.methods import METHODS
+from dskd.run_task import ExecutorConfig
 
 from .conftest import REPO
 
@@ -49,7 +50,8 @@ ss -H -atnu > {tmp}/sockets_after.txt
 DRIVER = """
 import json
 from dskd.config import RunConfig
-from dskd.executors import ExecutorConfig, execute
+from dskd.executors import execute
+from dskd.run_task import ExecutorConfig
 configs = [RunConfig.from_dict(c) for c in json.load(open("{plan}"))]
 outcomes = execute(configs, "{runs}", ExecutorConfig("ray", ray_address="127.0.0.1:6390"), quiet=True)
 json.dump([{{"path": o.path, "error": o.error, "metrics": o.metrics}} for o in outcomes], open("{result}", "w"))
@@ -134,7 +136,8 @@ import sys
 sys.modules["ray"] = None  # as if Ray were not installed
 from dskd.config import profile_config
 from dskd.errors import DskdError
-from dskd.executors import ExecutorConfig, execute
+from dskd.executors import execute
+from dskd.run_task import ExecutorConfig
 out = execute([profile_config("test", data_root="{data_root}")], "{tmp_path / 'runs'}", ExecutorConfig(), quiet=True)
 assert out[0].ok, out[0].error
 try:
