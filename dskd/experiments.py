@@ -1,8 +1,8 @@
 """Experiments: what a notebook's parameters mean under a profile, and the grid of runs it needs.
 
-A notebook says which dataset and methods it wants; `experiment` decides what that means under a profile
-(`demo` swaps every benchmark for the synthetic textures and says so) and `run_grid` trains only the runs it
-lacks, then evaluates them.
+A notebook says which dataset and methods it wants; `experiment` decides what its `ExperimentConfig` means under
+the profile's rules (`demo` swaps every benchmark for the synthetic textures and says so) and `run_grid` trains
+only the runs it lacks, then evaluates them.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from .config import PROFILES, RunConfig, profile_config
+from .config import RunConfig, profile_config
 from .data import categories as present_categories
 from .data import get_dataset
 from .errors import DskdError
 from .executors import execute
+from .experiment_config import ExperimentConfig, from_parameters, parameter_fields
 from .methods import get_method
 from .run_task import ExecutorConfig
 from .runs import RunDir
@@ -78,36 +79,32 @@ class Experiment:
                 f"profile '{self.profile}'")
 
 
-def experiment(*, dataset: str, profile: str = "demo", data_root: str | None = None,
-               categories: Sequence[str] | None = None, seeds: Sequence[int] = (0,), out_dir: str | Path = "results",
-               executor: str | None = None, ray_address: str | None = None, gpus_per_run: float | None = None,
-               cpus_per_run: float | None = None, runs_root: str | Path | None = None, **overrides: Any) -> Experiment:
-    """Resolve a notebook's parameters; `overrides` are any settings (backbone, image_size, epochs, ...; None
-    keeps the profile's). Under `demo` and `test` the synthetic textures stand in for the benchmark; under
-    `quick` an absent benchmark is skipped (and said so); under `paper` it is an error. `executor` ("local", the
-    default, or "ray") and its options say where `run_grid` trains, as `./run_all.sh --executor` does; run folders
-    go to `runs_root` (default `<out_dir>/runs`), which benchmarks and notebooks of one profile share."""
-    if profile not in PROFILES:
-        raise DskdError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
-    spec, out_dir = get_dataset(dataset), Path(out_dir)
-    extra = {k: v for k, v in overrides.items() if v is not None}
-    root = str(Path(data_root or out_dir / "data").expanduser().resolve())
-    runner = ExecutorConfig(executor or "local", ray_address, gpus_per_run,
-                            1.0 if cpus_per_run is None else float(cpus_per_run)).validate()
-    base = dict(dataset=dataset, profile=profile, data_root=root, seeds=list(seeds), out_dir=out_dir, overrides=extra,
-                executor=runner, runs_folder=Path(runs_root) if runs_root else None)
-    if PROFILES[profile].get("dataset") == "synthetic" or dataset == "synthetic":
-        cats = list(categories or get_dataset("synthetic").categories)
-        return Experiment(categories=cats[:1] if profile == "test" else cats, stand_in=dataset != "synthetic", **base)
+def experiment(*, dataset: str, config: ExperimentConfig | None = None, runs_root: str | Path | None = None,
+               **params: Any) -> Experiment:
+    """What `config` means for `dataset` (a notebook passes `suite.from_parameters(globals())`); without it, `params`
+    name its fields (profile=..., seeds=..., executor="ray", ...), and any other keyword is a run setting
+    (split_file=...). Under a profile whose rules say `stand_in`, the synthetic textures stand in for the
+    benchmark; an absent benchmark is skipped (and said so) or an error, as the profile's `missing_data` says.
+    Run folders go to `runs_root` (default `<out_dir>/runs`), which benchmarks and notebooks of one profile share."""
+    known = {name for name, _, _ in parameter_fields()}
+    config = config or from_parameters(params)
+    rules, spec, out_dir = config.rules(), get_dataset(dataset), Path(config.out_dir)
+    extra = {**config.run_settings(), **{k: v for k, v in params.items() if k not in known and v is not None}}
+    root = str(Path(config.data_root or out_dir / "data").expanduser().resolve())
+    base = dict(dataset=dataset, profile=config.profile, data_root=root, seeds=list(config.seeds), out_dir=out_dir,
+                overrides=extra, executor=config.executor, runs_folder=Path(runs_root) if runs_root else None)
+    if rules.stand_in or dataset == "synthetic":
+        cats = list(config.categories or get_dataset("synthetic").categories)[:rules.max_categories]
+        return Experiment(categories=cats, stand_in=dataset != "synthetic", **base)
     try:
         found = present_categories(dataset, root)
     except DskdError:
         found = []
-    wanted = list(categories or spec.categories or found)
+    wanted = list(config.categories or spec.categories or found)[:rules.max_categories]
     missing = [c for c in wanted if c not in found] or ([] if wanted else ["any category"])
     if missing:
-        where = f"{root} (looked for {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''})"
-        if profile == "paper":
+        where = f"{config.data_root or root} (looked for {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''})"
+        if rules.missing_data == "error":
             raise DskdError(f"{spec.title} not found at {where}; download it with "
                             f"'python -m dskd.data download {dataset} --root {root}'")
         reason = f"dataset not found at {where}"

@@ -12,10 +12,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Seconds one cell may run, per profile. A table's cell trains its notebook's whole grid of runs, so the limit follows
-# the profile's run length with room to spare: test notebooks take about 1 minute each, demo about 3, one `quick`
-# MT Defects run 7.4 minutes of up to 36 a notebook, and `paper` is sized for a GPU.
-CELL_TIMEOUT = {"test": 900, "demo": 3600, "quick": 8 * 3600, "paper": 72 * 3600}
 START_TIMEOUT = 180  # seconds for a kernel to start and answer, on a loaded machine
 TIMED_OUT, KERNEL_DIED = "timed out", "kernel died"
 

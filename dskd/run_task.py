@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, setting
 from .errors import DskdError
 
 EXECUTORS = ("local", "ray")
@@ -18,11 +18,13 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    name: str = "local"
-    ray_address: str | None = None  # None: start Ray on this machine; "auto" or "ray://host:10001": join a cluster
-    gpus_per_run: float | None = None  # None: 1 where the cluster has GPUs, else 0; fractions share a GPU
-    cpus_per_run: float = 1.0
-    max_retries: int = 3  # how often a run whose worker or node died is started again
+    name: str = setting("local", "local: train here, one run after another | ray: one Ray task per run", EXECUTORS)
+    ray_address: str | None = setting(None, "for ray: None starts Ray here; auto, or ray://HOST:10001, joins a "
+                                            "running cluster")
+    gpus_per_run: float | None = setting(None, "for ray: GPUs per run (fractions share a GPU; None: 1 where there "
+                                               "are GPUs)")
+    cpus_per_run: float = setting(1.0, "for ray: CPUs per run")
+    max_retries: int = setting(3, "how often a run whose worker or node died is started again", cli=False)
 
     def validate(self) -> ExecutorConfig:
         if self.name not in EXECUTORS:

@@ -5,7 +5,7 @@ notebook, the same package code and the same parameters (a stamp file records th
 A failing notebook does not stop the others; the summary at the end lists each one, and the exit status
 is non-zero when any failed.
 
-Nothing waits forever: every cell has a time limit (`--timeout`, by default the profile's `CELL_TIMEOUT`), the kernel
+Nothing waits forever: every cell has a time limit (`--timeout`, by default the profile's `cell_timeout_s`), the kernel
 a start limit, and the whole notebook a wall-clock limit derived from both. A notebook that runs past a limit or
 whose kernel dies is run once more in a fresh kernel, then reported as `timed out` / `kernel died` with its log.
 """
@@ -22,11 +22,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .config import PROFILES
 from .errors import DskdError
+from .experiment_config import PROFILE_RULES, ExperimentConfig, add_flags, from_parameters, parameter_fields
 from .files import write_json, write_text
-from .notebook_exec import CELL_TIMEOUT, KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
-from .run_task import EXECUTORS, ExecutorConfig
+from .notebook_exec import KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
+from .run_task import ExecutorConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -58,12 +58,24 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
         first, why = why, papermill(notebook, executed, params, log_file, limits)
     minutes = (time.perf_counter() - t0) / 60
     if why is None:
+        portable(executed)
         write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
         return notebook.stem, f"ok (retried after: {first})" if retried else "ok", minutes
     stamp_file.unlink(missing_ok=True)
     shown = log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file
     return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''} (see {shown})", \
         minutes
+
+
+def portable(executed: Path) -> None:
+    """papermill records where it read and wrote the notebook as absolute paths; inside this repository they are
+    kept relative to it, so that a committed executed notebook names no machine's folders."""
+    nb = json.loads(executed.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key) and Path(meta[key]).is_absolute() and Path(meta[key]).is_relative_to(REPO):
+            meta[key] = os.path.relpath(meta[key], REPO)
+    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def succeeded(status: str) -> bool:
@@ -76,27 +88,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Regenerate every table and figure by running the notebooks with papermill. With no "
                     "arguments: the offline demo (synthetic data, EfficientNet-Lite0 teacher) in about 15 "
                     "minutes on 2 CPU cores.")
-    p.add_argument("--profile", choices=sorted(set(PROFILES) - {"test"}) + ["test"], default="demo",
-                   help="demo: synthetic data stands in for every benchmark (offline); quick: real data, CPU-sized; "
-                        "paper: ResNet18, 256 px, 200 epochs (GPU); test: the tiny profile of the test suite "
-                        "(default: demo)")
-    p.add_argument("--data-root", help="folder holding mvtec_ad/, mvtec3d/ and mt_defects/ (quick, paper); "
-                                       "absent benchmarks are skipped under quick and are an error under paper")
+    add_flags(p, skip=("out_dir",))  # the notebooks' parameters (dskd.experiment_config), as flags
     p.add_argument("--only", nargs="+", metavar="NAME",
                    help="run only these notebooks (a name or its prefix, e.g. 10_table_mvtec_ad or 10)")
     p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
     p.add_argument("--timeout", type=_positive, metavar="SECONDS",
                    help="most seconds one notebook cell may run before the notebook is stopped, retried once, and "
-                        "reported (default by profile: " + ", ".join(f"{k} {v}" for k, v in CELL_TIMEOUT.items()) +
+                        "reported (default by profile: " +
+                        ", ".join(f"{k} {r.cell_timeout_s}" for k, r in PROFILE_RULES.items()) +
                         f"); the kernel has {START_TIMEOUT} s to start")
-    p.add_argument("--out", help="results folder (default: results/<profile>/)")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: each notebook trains its runs in turn; ray: one pass plans every run the notebooks "
-                        "need, Ray trains them (every GPU of this machine, or a cluster), then the notebooks run")
-    p.add_argument("--ray-address", help="join a running Ray cluster ('auto' or ray://HOST:10001); default: start one")
-    p.add_argument("--gpus-per-run", type=float, help="GPUs per run on Ray (fractions share a GPU; default 1 if any)")
-    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run on Ray (default 1)")
+    p.add_argument("--out", help="results folder (default: results/<profile>/); the notebooks' out_dir")
     return p
 
 
@@ -131,46 +133,62 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         notebooks = _chosen(args.only)
-        if args.data_root and not Path(args.data_root).is_dir():
-            raise DskdError(f"--data-root {args.data_root} does not exist; pass the folder that holds the datasets")
-        out_dir = _writable(Path(args.out or REPO / "results" / args.profile).resolve())
+        config = from_parameters(vars(args))
+        if config.data_root and not Path(config.data_root).is_dir():
+            raise DskdError(f"--data-root {config.data_root} does not exist; pass the folder that holds the datasets")
+        out_dir = _writable(Path(args.out or REPO / "results" / config.profile).resolve())
     except DskdError as exc:  # said before anything runs
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    params = {"profile": args.profile, "out_dir": _shown(out_dir)}  # notebooks run in notebooks/
-    if args.data_root:
-        params["data_root"] = _shown(Path(args.data_root).resolve())
-    if args.profile == "test":
-        params["complexity_size"] = 64
-    limits = Limits(args.timeout or CELL_TIMEOUT[args.profile])
+    params = notebook_params(vars(args), config, out_dir)
+    limits = Limits(args.timeout or config.rules().cell_timeout_s)
     t0 = time.perf_counter()
     failed_runs = 0
-    if args.executor == "ray":
+    if config.executor.name != "local":
         from .planning import plan_and_train
 
-        executor = ExecutorConfig("ray", args.ray_address, args.gpus_per_run, args.cpus_per_run)
         try:
-            failed_runs = plan_and_train(notebooks, params, out_dir, executor, limits)
+            failed_runs = plan_and_train(notebooks, params, out_dir, config.executor, limits)
         except DskdError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force, limits)),
                                 notebooks))
-    print(f"\n{'notebook':<32} {'status':<40} {'minutes':>7}")
-    for name, status, minutes in results:
-        print(f"{name:<32} {status:<40} {minutes:>7.1f}")
-    failed = [r for r in results if not succeeded(r[1])]
-    write_index(out_dir, args.profile, params.get("data_root"))
+    failed = report(results)
+    write_index(out_dir, config.profile, params.get("data_root"))
     print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
           f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")
     return 1 if failed or failed_runs else 0
 
 
-def _shown(path: Path) -> str:
-    """A path as the notebooks get it: relative to notebooks/ inside this repository (so that the executed copies
-    committed under results/ name no machine's folders), absolute elsewhere."""
-    return os.path.relpath(path, NOTEBOOKS) if path.is_relative_to(REPO) else str(path)
+def notebook_params(given: dict, config: ExperimentConfig, out_dir: Path) -> dict:
+    """What the notebooks are told: the profile, their folders as they see them, and every other parameter given on
+    the command line. The executor's stay here: under Ray the runs are trained before the notebooks start."""
+    told = {name: given[name] for name, _, owner in parameter_fields()
+            if owner is not ExecutorConfig and given.get(name) is not None and name not in ("data_root", "out_dir")}
+    told.update(profile=config.profile, out_dir=_shown(out_dir))
+    if config.data_root:
+        told["data_root"] = _shown(config.data_root)
+    return told
+
+
+def report(results: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    """Print the summary table; returns the notebooks that did not succeed."""
+    print(f"\n{'notebook':<32} {'status':<40} {'minutes':>7}")
+    for name, status, minutes in results:
+        print(f"{name:<32} {status:<40} {minutes:>7.1f}")
+    return [r for r in results if not succeeded(r[1])]
+
+
+def _shown(path: str | Path) -> str:
+    """A folder as the notebooks get it (they run in notebooks/): relative to notebooks/ when it lies in this
+    repository or was named by a relative path, so that the executed copies committed under results/ name no
+    machine's folders; an absolute path outside the repository stays as the user named it."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO) or not Path(path).is_absolute():
+        return os.path.relpath(resolved, NOTEBOOKS)
+    return str(path)
 
 
 def _owner(stem: str, sources: dict[str, str]) -> str:

@@ -10,6 +10,7 @@ from .ablations import SCALE_SUBSETS, complexity_table, multiscale_ablation, ref
 from .archive import SavedMaps
 from .archive import load as load_maps
 from .evaluation import evaluate_once
+from .experiment_config import ExperimentConfig, from_parameters
 from .experiments import Experiment, experiment, run_grid
 from .figures import pick_samples, qualitative_figure, save_figure, show_samples
 from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
@@ -18,6 +19,7 @@ from .tables import METRICS, benchmark_table, markdown, method_table, per_defect
 
 __all__ = [
     "ABLATION_DF", "ABLATION_STUDENTS", "METHODS", "METRICS", "SCALE_SUBSETS", "TABLE_METHODS", "Experiment",
+    "ExperimentConfig", "from_parameters",
     "SavedMaps", "bars_figure", "benchmark_table", "complexity_table", "cost_figure", "curves_figure", "evaluate_once",
     "experiment", "load_maps", "markdown", "method_bars", "method_table", "multiscale_ablation", "multiscale_bars",
     "per_defect_table", "pick_samples", "qualitative_figure", "reference", "refuse", "run_grid", "save_figure",

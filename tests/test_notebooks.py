@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -6,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from dskd import archive, notebook_exec, runall
+from dskd import archive, experiment_config, notebook_exec, runall
 from dskd.config import ModelConfig
 from dskd.explorer import MapExplorer
 
@@ -225,3 +227,44 @@ def test_the_explorer_notebook_finishes_within_its_limit_beside_a_training_run(t
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_every_notebook_declares_the_generated_parameters_and_resolves_them_in_one_call():
+    """The parameters cell is `ExperimentConfig`'s fields, generated (`experiment_config.parameters_cell`); a
+    notebook turns them into its experiment with one call."""
+    cell = experiment_config.parameters_cell()
+    for path in NOTEBOOKS:
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        params = next(c for c in code if "parameters" in c.get("metadata", {}).get("tags", []))
+        assert "".join(params["source"]) == cell, f"{path.name}: regenerate its parameters cell"
+        body = "".join("".join(c["source"]) for c in code if c is not params)
+        assert "suite.experiment(" in body and "profile=profile" not in body, path.name
+
+
+def test_a_new_parameter_is_one_field(monkeypatch, capsys):
+    """Adding a field to ExperimentConfig gives run_all its flag, every notebook its parameter line, and run_all
+    passes the flag's value to the notebooks, with nothing else edited."""
+    from dskd.config import setting
+
+    extended = dataclasses.make_dataclass(
+        "ExperimentConfig", [("max_false_alarm", float, setting(0.01, "target false-alarm rate on good images"))],
+        bases=(experiment_config.ExperimentConfig,), frozen=True)
+    monkeypatch.setattr(experiment_config, "ExperimentConfig", extended)
+    assert "max_false_alarm = 0.01" in experiment_config.parameters_cell()
+    args = runall._parser().parse_args(["--max-false-alarm", "0.05", "--profile", "test"])
+    config = experiment_config.from_parameters(vars(args))
+    assert config.max_false_alarm == 0.05 and config.profile == "test"
+    told = runall.notebook_params(vars(args), config, REPO / "results" / "test")
+    assert told == {"max_false_alarm": 0.05, "profile": "test", "out_dir": "../results/test"}
+    with pytest.raises(SystemExit):
+        runall._parser().parse_args(["--help"])
+    assert "--max-false-alarm" in capsys.readouterr().out
+
+
+def test_run_all_tells_the_notebooks_paths_they_can_share(tmp_path):
+    """A data root named by a relative path reaches the notebooks relative to notebooks/, never as this machine's
+    absolute path; an absolute one outside the repository stays as named."""
+    rel = os.path.relpath(tmp_path, REPO)
+    assert runall._shown(rel) == os.path.relpath(tmp_path, REPO / "notebooks")
+    assert runall._shown(str(tmp_path)) == str(tmp_path)
+    assert runall._shown(REPO / "results" / "quick") == "../results/quick"
