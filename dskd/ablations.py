@@ -12,7 +12,7 @@ import torch
 from . import archive
 from .archive import SavedMaps
 from .errors import DskdError
-from .experiments import Experiment
+from .experiment_config import Experiment
 from .maps import fuse, upsample_scales
 from .metrics import all_metrics
 from .tables import METRICS, _skipped

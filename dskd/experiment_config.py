@@ -10,10 +10,11 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, setting
+from .config import PROFILES, RunConfig, profile_config, setting
 from .errors import DskdError
 from .run_task import ExecutorConfig
 
@@ -70,6 +71,56 @@ class ExperimentConfig:
 
     def but(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Experiment:
+    """One dataset under one profile: which categories, which settings, where results go."""
+
+    dataset: str  # the benchmark the notebook is about
+    profile: str
+    data_root: str
+    categories: list[str]
+    seeds: list[int]
+    out_dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    stand_in: bool = False  # True when the synthetic textures stand in for the benchmark (demo profile)
+    skipped: str | None = None  # why nothing was run (quick profile, data absent)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where `run_grid` trains the runs it lacks
+    runs_folder: Path | None = None  # where run folders live; None: <out_dir>/runs
+
+    @property
+    def runs_root(self) -> Path:
+        return self.runs_folder or self.out_dir / "runs"
+
+    @property
+    def data_name(self) -> str:
+        return "synthetic" if self.stand_in else self.dataset
+
+    @property
+    def label(self) -> str:
+        from .data import get_dataset
+
+        title = get_dataset(self.dataset).title
+        return f"synthetic textures standing in for {title} ({self.profile} profile)" if self.stand_in else title
+
+    def config(self, category: str, seed: int, **method: Any) -> RunConfig:
+        return profile_config(self.profile, dataset=self.data_name, category=category, data_root=self.data_root,
+                              seed=seed, **{**self.overrides, **method})
+
+    def only(self, *categories: str) -> Experiment:
+        return dataclasses.replace(self, categories=list(categories))
+
+    @property
+    def profile_teacher(self) -> str:
+        return profile_config(self.profile).model.backbone
+
+    def describe(self) -> str:
+        cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("any")
+        split = f" (training list {Path(cfg.split_file).name})" if cfg.split_file else ""
+        return (f"{self.label}{split}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
+                f"batch {cfg.batch_size}, {cfg.precision}, seeds {', '.join(map(str, self.seeds))}, "
+                f"profile '{self.profile}'")
 
 
 def parameter_fields() -> list[tuple[str, dataclasses.Field, type]]:
@@ -134,5 +185,5 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
                             .replace("%", "%%"))
 
 
-__all__ = ["PROFILE_RULES", "ExperimentConfig", "ProfileRules", "add_flags", "flatten",
+__all__ = ["PROFILE_RULES", "Experiment", "ExperimentConfig", "ProfileRules", "add_flags", "flatten",
            "from_parameters", "parameter_fields", "parameters_cell"]

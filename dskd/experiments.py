@@ -7,76 +7,25 @@ only the runs it lacks, then evaluates them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .config import RunConfig, profile_config
+from .config import RunConfig
 from .data import categories as present_categories
 from .data import get_dataset
 from .errors import DskdError
 from .executors import execute
-from .experiment_config import ExperimentConfig, from_parameters, parameter_fields
+from .experiment_config import Experiment, ExperimentConfig, from_parameters, parameter_fields
 from .methods import get_method
-from .run_task import ExecutorConfig
 from .runs import RunDir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Experiment:
-    """One dataset under one profile: which categories, which settings, where results go."""
-
-    dataset: str  # the benchmark the notebook is about
-    profile: str
-    data_root: str
-    categories: list[str]
-    seeds: list[int]
-    out_dir: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
-    stand_in: bool = False  # True when the synthetic textures stand in for the benchmark (demo profile)
-    skipped: str | None = None  # why nothing was run (quick profile, data absent)
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where `run_grid` trains the runs it lacks
-    runs_folder: Path | None = None  # where run folders live; None: <out_dir>/runs
-
-    @property
-    def runs_root(self) -> Path:
-        return self.runs_folder or self.out_dir / "runs"
-
-    @property
-    def data_name(self) -> str:
-        return "synthetic" if self.stand_in else self.dataset
-
-    @property
-    def label(self) -> str:
-        title = get_dataset(self.dataset).title
-        return f"synthetic textures standing in for {title} ({self.profile} profile)" if self.stand_in else title
-
-    def config(self, category: str, seed: int, **method: Any) -> RunConfig:
-        return profile_config(self.profile, dataset=self.data_name, category=category, data_root=self.data_root,
-                              seed=seed, **{**self.overrides, **method})
-
-    def only(self, *categories: str) -> Experiment:
-        return dataclasses.replace(self, categories=list(categories))
-
-    @property
-    def profile_teacher(self) -> str:
-        return profile_config(self.profile).model.backbone
-
-    def describe(self) -> str:
-        cfg = self.config(self.categories[0] if self.categories else "-", self.seeds[0]).with_device("any")
-        split = f" (training list {Path(cfg.split_file).name})" if cfg.split_file else ""
-        return (f"{self.label}{split}; backbone {cfg.model.backbone}, {cfg.image_size} px, {cfg.epochs} epochs, "
-                f"batch {cfg.batch_size}, {cfg.precision}, seeds {', '.join(map(str, self.seeds))}, "
-                f"profile '{self.profile}'")
 
 
 def experiment(*, dataset: str, config: ExperimentConfig | None = None, runs_root: str | Path | None = None,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import archive
-from .experiments import Experiment
+from .experiment_config import Experiment
 from .methods import METHODS
 from .metrics import pro_curve, roc_curve
 from .tables import METRICS

@@ -10,8 +10,8 @@ from .ablations import SCALE_SUBSETS, complexity_table, multiscale_ablation, ref
 from .archive import SavedMaps
 from .archive import load as load_maps
 from .evaluation import evaluate_once
-from .experiment_config import ExperimentConfig, from_parameters
-from .experiments import Experiment, experiment, run_grid
+from .experiment_config import Experiment, ExperimentConfig, from_parameters
+from .experiments import experiment, run_grid
 from .figures import pick_samples, qualitative_figure, save_figure, show_samples
 from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
 from .plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure

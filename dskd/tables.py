@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import get_dataset
-from .experiments import Experiment
+from .experiment_config import Experiment
 from .files import atomic_write, write_text
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")

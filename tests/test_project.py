@@ -105,3 +105,21 @@ def test_no_import_cycles():
     graph = import_graph()
     assert {"dskd.run_task", "dskd.executors", "benchmarks.common"} <= set(graph)
     assert cycles(graph) == []
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_tables_and_charts_never_reach_the_executors():
+    """Tables, plots, figures and ablations read results (metrics, saved maps) and the experiment's config; the
+    machinery that produces results (executors, Ray, the grid, run_all) stays above them."""
+    graph = import_graph()
+    above = {"dskd.executors", "dskd.ray_executor", "dskd.experiments", "dskd.planning", "dskd.runall", "dskd.suite"}
+    for low in ("dskd.tables", "dskd.plots", "dskd.figures", "dskd.ablations", "dskd.experiment_config"):
+        assert not _reachable(graph, low) & above, (low, _reachable(graph, low) & above)
