@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, choices_of, profile_config
 from .deploy import ENGINES, FORMATS
-from .errors import DskdError
+from .errors import DskdError, os_problem
 
 log = logging.getLogger("dskd")
 NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
@@ -190,12 +190,6 @@ def _export(args: argparse.Namespace) -> None:
                  batch=None if args.batch == "dynamic" else int(args.batch), student_maps=args.student_maps,
                  int8=args.int8, int8_teacher=args.int8_teacher,
                  calibration_images=args.calibration_images))
-
-
-def os_problem(exc: OSError) -> str:
-    """A file the system refused (a folder that does not exist, no permission, a full disk), in one line."""
-    return f"could not use {exc.filename} ({exc.strerror or exc}); check that its folder exists and that you may " \
-           "write there"
 
 
 def _profile_in(argv: list[str]) -> str:

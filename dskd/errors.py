@@ -7,3 +7,9 @@ It subclasses ValueError so that callers of the Python API can catch the familia
 
 class DskdError(ValueError):
     """A problem with the user's input, data or environment, stated in one line with what to do."""
+
+
+def os_problem(exc: OSError) -> str:
+    """A file the system refused (a folder that does not exist, no permission, a full disk), said in one line."""
+    return f"could not use {exc.filename} ({exc.strerror or exc}); check that its folder exists and that you may " \
+           "write there"

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import DskdError
+from .errors import DskdError, os_problem
 from .experiment_config import PROFILE_RULES, ExperimentConfig, add_flags, from_parameters, parameter_fields
 from .files import write_json, write_text
 from .notebook_exec import KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
@@ -108,8 +108,7 @@ def _writable(out_dir: Path) -> Path:
     try:
         (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DskdError(f"could not use {exc.filename} ({exc.strerror}); check that its folder exists and that you "
-                        "may write there") from exc
+        raise DskdError(os_problem(exc)) from exc
     return out_dir
 
 

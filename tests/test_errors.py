@@ -227,6 +227,7 @@ BAD_INPUTS = [
     ["nothing"], ["train", "--out", "{t}/a", "--fit-mode", "crop"], ["train", "--out", "{t}/a", "--se-optim-name", "x"],
     ["train", "--out", "/proc/dskd/a"], ["predict", "--model", "{t}/none.onnx", "{t}", "--out", "{t}/p"],
 ]
+DATA_INPUTS = [["download", "mt_defects", "--root", "/proc/dskd"], ["download", "imagenet", "--root", "{t}"], []]
 
 
 @pytest.mark.slow
@@ -237,6 +238,10 @@ def test_no_bad_input_prints_a_traceback(tmp_path):
         r = _cli(*[a.format(t=tmp_path) for a in argv])
         assert r.returncode == 2 and "Traceback" not in r.stderr, (argv, r.stderr[-1500:])
         assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1, (argv, r.stderr)
+    for argv in DATA_INPUTS:  # python -m dskd.data
+        r = subprocess.run([sys.executable, "-m", "dskd.data", *[a.format(t=tmp_path) for a in argv]], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr, (argv, r.stderr[-1500:])
 
 
 def _images(folder, n, value=100, size=40):

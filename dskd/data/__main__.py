@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ..errors import DskdError
+from ..errors import DskdError, os_problem
 from .download import SOURCES, download
 
 
@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         print(download(args.name, args.root))
     except DskdError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"error: {os_problem(exc)}", file=sys.stderr)
         return 2
     return 0
 
