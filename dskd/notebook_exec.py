@@ -4,6 +4,7 @@ a kernel that never shuts down). The notebook runs in its own folder, as it woul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,8 @@ def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, limi
     for k, v in params.items():
         cmd += ["-y", json.dumps({k: v})]
     with open(log_file, "w") as log:
-        # Its own process group, so that the kernel goes with papermill when the wall-clock limit is reached.
+        # papermill in a process group of its own, stopped whole at the limit; its kernel, which jupyter_client starts
+        # in a session of its own, shuts itself down once papermill is gone (ipykernel watches its parent).
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)
         try:
@@ -54,7 +56,8 @@ def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, limi
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may have ended by itself meanwhile
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
