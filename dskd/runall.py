@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="./run_all.sh",
         description="Regenerate every table and figure by running the notebooks with papermill. With no "
-                    "arguments: the offline demo (synthetic data, EfficientNet-Lite0 teacher) in about 15 "
+                    "arguments: the offline demo (synthetic data, EfficientNet-Lite0 teacher) in about 5 "
                     "minutes on 2 CPU cores.")
     add_flags(p, skip=("out_dir",))  # the notebooks' parameters (dskd.experiment_config), as flags
     p.add_argument("--only", nargs="+", metavar="NAME",
