@@ -14,7 +14,7 @@ from . import archive
 from .batches import maps_in_batches, preload, valid_tensor
 from .data import load_dataset
 from .files import write_json
-from .metrics import all_metrics, f1_max_threshold
+from .metrics import all_metrics, f1_max_threshold, pixel_metrics
 from .runs import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
@@ -61,21 +61,26 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
 
 def _metrics(where: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray,
              defect_types, valid: np.ndarray | None) -> dict[str, Any]:
-    """The threshold-free metrics, each None (with one warning line) where the test split cannot define it: image
-    metrics need good and defective images, pixel metrics need masks with at least one defect pixel."""
-    n_defective = int(labels.sum())
-    if n_defective in (0, len(labels)):
-        log.warning("%s holds only %s images: image AUROC, F1-max, pixel AUROC and AUPRO are undefined (null); "
-                    "see score_summary for the scores and the share at the decision threshold", where,
-                    "defect-free" if n_defective == 0 else "defective")
-        return {**dict.fromkeys(("image_auroc", "image_f1_max", *PIXEL_METRICS)), "per_defect_image_auroc": {}}
-    if masks is not None and not masks.any():
-        log.warning("%s: every mask is empty: pixel AUROC, AUPRO and pixel F1 are null", where)
-        masks = None
-    elif masks is None:
-        log.warning("%s has no pixel masks: image-level metrics only (pixel AUROC, AUPRO and pixel F1 are null)",
-                    where)
-    return {**dict.fromkeys(PIXEL_METRICS), **all_metrics(labels, scores, masks, maps, defect_types, valid=valid)}
+    """The threshold-free metrics, each None where the test split cannot define it, said in one warning line: image
+    metrics need good and defective images, pixel metrics masks that mark defect pixels."""
+    out: dict[str, Any] = {**dict.fromkeys(("image_auroc", "image_f1_max", *PIXEL_METRICS)),
+                           "per_defect_image_auroc": {}}
+    reasons, n_defective = [], int(labels.sum())
+    if 0 < n_defective < len(labels):
+        out.update(all_metrics(labels, scores, defect_types=defect_types))
+    else:
+        kind = "defect-free" if n_defective == 0 else "defective"
+        reasons.append(f"holds only {kind} images: image AUROC and F1-max are undefined (null; see score_summary "
+                       "for the scores and the share at the decision threshold)")
+    if masks is None:
+        reasons.append("has no pixel masks: image-level metrics only (pixel AUROC, AUPRO and pixel F1 are null)")
+    elif not masks.any():
+        reasons.append("has no defect pixel in its masks: pixel AUROC, AUPRO and pixel F1 are null")
+    else:
+        out.update(pixel_metrics(masks, maps, valid))
+    if reasons:
+        log.warning("%s %s", where, "; it ".join(reasons))
+    return out
 
 
 def score_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:

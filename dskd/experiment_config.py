@@ -47,6 +47,9 @@ def _profiles() -> list[str]:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A notebook's parameters. Each field is one parameter everywhere at once: a line of every notebook's
+    `parameters` cell, a flag of `./run_all.sh`, a keyword of `suite.experiment`."""
+
     profile: str = setting("demo", "demo (synthetic, offline) | quick (real data, CPU) | paper (ResNet18, 200 "
                                    "epochs) | test", _profiles)
     data_root: str | None = setting(None, "folder holding mvtec_ad/, mvtec3d/, mt_defects/ (or the dataset folder "
@@ -162,7 +165,7 @@ def from_parameters(values: Mapping[str, Any]) -> ExperimentConfig:
     ignored, and a parameter absent or None keeps its default."""
     known = {name: (f, owner) for name, f, owner in parameter_fields()}
     mine = {n: values[n] for n in known if values.get(n) is not None}  # None: not given
-    executor = {known[n][0].name: v for n, v in mine.items() if known[n][1] is ExecutorConfig and v is not None}
+    executor = {known[n][0].name: v for n, v in mine.items() if known[n][1] is ExecutorConfig}
     top = {n: (list(v) if isinstance(v, tuple) else v) for n, v in mine.items() if known[n][1] is ExperimentConfig}
     return ExperimentConfig(**top, executor=ExecutorConfig(**executor).validate())
 

@@ -207,13 +207,17 @@ def per_type_image_auroc(labels, scores, defect_types) -> dict[str, float]:
     return {t: _auroc(scores[types == t], good) for t in sorted(set(types[labels]))}
 
 
+def pixel_metrics(masks, maps, valid=None) -> dict[str, float]:
+    """Pixel AUROC, AUPRO and pixel F1-max over the `valid` pixels (masks with defect and defect-free pixels)."""
+    return {"pixel_auroc": pixel_auroc(masks, maps, valid), "pixel_f1_max": f1_max(*_within(masks, maps, valid)),
+            "aupro": aupro(masks, maps, valid=valid)}
+
+
 def all_metrics(labels, scores, masks=None, maps=None, defect_types=None, valid=None) -> dict[str, float | dict]:
     """`valid` (like `masks`, True where the input shows the image): pixel metrics ignore everything else."""
     out: dict[str, float | dict] = {"image_auroc": image_auroc(labels, scores), "image_f1_max": f1_max(labels, scores)}
     if masks is not None and maps is not None:
-        out["pixel_auroc"] = pixel_auroc(masks, maps, valid)
-        out["pixel_f1_max"] = f1_max(*_within(masks, maps, valid))
-        out["aupro"] = aupro(masks, maps, valid=valid)
+        out.update(pixel_metrics(masks, maps, valid))
     if defect_types is not None:
         out["per_defect_image_auroc"] = per_type_image_auroc(labels, scores, defect_types)
     return out

@@ -254,8 +254,9 @@ def _images(folder, n, value=100, size=40):
 @pytest.mark.slow
 def test_evaluate_on_a_test_split_with_one_kind_of_image_reports_what_it_can(tmp_path):
     """A user's own folder before any defect is collected (good images only), and a test split of defective images
-    only: the metrics that need both kinds are null with one warning line saying why; the score distribution and
-    the share at the decision threshold are reported; exit 0, no traceback."""
+    only: the metrics that need both kinds of image are null with one warning line saying why, the pixel metrics
+    are measured where the masks allow; the score distribution and the share at the decision threshold are
+    reported; exit 0, no traceback."""
     good_only = tmp_path / "parts"
     _images(good_only / "washer" / "good", 20)
     defective_only = tmp_path / "mvtec_ad" / "bottle"
@@ -277,8 +278,12 @@ def test_evaluate_on_a_test_split_with_one_kind_of_image_reports_what_it_can(tmp
         warnings = [line for line in r.stderr.splitlines() if line.startswith("WARNING")]
         assert len(warnings) == 1 and f"only {kind} images" in warnings[0], r.stderr
         result = json.loads(r.stdout)
-        for key in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro", "pixel_f1_max"):
-            assert result[key] is None, key
+        assert result["image_auroc"] is None and result["image_f1_max"] is None
+        pixel = [result[k] for k in ("pixel_auroc", "aupro", "pixel_f1_max")]
+        if kind == "defect-free":  # no defect pixel anywhere: undefined too, said in the same line
+            assert pixel == [None] * 3 and "pixel AUROC, AUPRO and pixel F1 are null" in warnings[0]
+        else:  # defect and defect-free pixels within the defective images: defined
+            assert all(0 <= v <= 1 for v in pixel), pixel
         assert result["decision_rule"] == "train_mean_plus_3std"
         summary = result["score_summary"][{"defect-free": "good", "defective": "defective"}[kind]]
         assert summary["n"] == result["n_test"] and 0 <= summary["at_or_above_threshold"] <= 1
