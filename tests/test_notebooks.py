@@ -147,8 +147,7 @@ def test_a_notebook_past_its_limit_is_stopped_retried_reported_and_the_others_go
 
 
 def test_the_wall_clock_limit_stops_a_notebook_whose_client_never_returns(tmp_path):
-    """papermill's own cell limit cannot fire when papermill itself is stuck; the process limit still does, and
-    the kernel goes with it."""
+    """papermill's own cell limit cannot fire when papermill itself is stuck; the process limit still does."""
     nb = tmp_path / "stuck.ipynb"
     _notebook(nb, "print('hello')")
     assert notebook_exec.Limits(cell_s=1, start_s=1).total_s(nb) == 1 + 1 * 2 + 60  # start, each code cell, a minute
