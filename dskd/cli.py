@@ -18,6 +18,7 @@ from typing import Any
 from .config import DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, choices_of, profile_config
 from .deploy import ENGINES, FORMATS
 from .errors import DskdError, os_problem
+from .flags import flag_type
 
 log = logging.getLogger("dskd")
 NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
@@ -41,16 +42,6 @@ def setting_fields() -> list[tuple[str, dataclasses.Field, Any]]:
     return out
 
 
-def _value_type(annotation: Any, default: Any) -> tuple[Any, int | None]:
-    """(converter, nargs) for a field's type hint; a tuple takes as many values as its default has."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is tuple:
-        return args[0], len(default)
-    if args:  # Optional[X]
-        return args[0], None
-    return annotation, None
-
-
 def _current(cfg: RunConfig, name: str) -> Any:
     for holder, prefix in ((cfg.se_optim, "se_optim_"), (cfg.sd_optim, "sd_optim_")):
         if name.startswith(prefix):
@@ -62,7 +53,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
     shown = profile_config(profile)
     for name, f, owner in setting_fields():
         default = _current(shown, name)
-        kind, nargs = _value_type(typing.get_type_hints(owner)[f.name], default)
+        kind, nargs = flag_type(typing.get_type_hints(owner)[f.name], default)
         flag = "--" + name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} ({profile}: {default})".replace("%", "%%")
         if kind is bool:

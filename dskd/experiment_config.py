@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, RunConfig, profile_config, setting
+from .config import PROFILES, RunConfig, choices_of, profile_config, setting
 from .errors import DskdError
+from .flags import flag_type
 from .run_task import ExecutorConfig
 
 
@@ -145,10 +145,9 @@ def _default(f: dataclasses.Field) -> Any:
 def parameters_cell(config: ExperimentConfig | None = None) -> str:
     """The source of every notebook's `parameters` cell: one line per parameter, its value and its help."""
     flat = flatten(config or ExperimentConfig())
-    lines = [f"{name} = {flat[name]!r}" for name, _, _ in parameter_fields()]
-    width = max(map(len, lines))
-    return "\n".join(f"{line:<{width}}  # {f.metadata['help']}" for line, (_, f, _) in zip(lines, parameter_fields(),
-                                                                                              strict=True))
+    lines = [(f"{name} = {flat[name]!r}", f.metadata["help"]) for name, f, _ in parameter_fields()]
+    width = max(len(line) for line, _ in lines)
+    return "\n".join(f"{line:<{width}}  # {help_text}" for line, help_text in lines)
 
 
 def flatten(config: ExperimentConfig) -> dict[str, Any]:
@@ -176,17 +175,10 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
     for name, f, owner in parameter_fields():
         if name in skip:
             continue
-        hint = hints[owner][f.name]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: a flag of type X
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        many = typing.get_origin(hint) is list
-        choices = f.metadata.get("choices")
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, nargs="+" if many else None,
-                            type=typing.get_args(hint)[0] if many else hint,
-                            choices=list(choices() if callable(choices) else choices) if choices else None,
-                            help=(f.metadata["help"] + ("" if _default(f) is None else f" (default: {_default(f)})"))
-                            .replace("%", "%%"))
-
+        kind, nargs = flag_type(hints[owner][f.name], _default(f))
+        help_text = f.metadata["help"] + ("" if _default(f) is None else f" (default: {_default(f)})")
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, nargs=nargs, type=kind,
+                            choices=choices_of(f), help=help_text.replace("%", "%%"))
 
 __all__ = ["PROFILE_RULES", "Experiment", "ExperimentConfig", "ProfileRules", "add_flags", "flatten",
            "from_parameters", "parameter_fields", "parameters_cell"]

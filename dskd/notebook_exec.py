@@ -43,11 +43,12 @@ def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, limi
         # in a session of its own, shuts itself down once papermill is gone (ipykernel watches its parent).
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)
+        total_s = limits.total_s(notebook)
         try:
-            code = proc.wait(timeout=limits.total_s(notebook))
+            code = proc.wait(timeout=total_s)
         except subprocess.TimeoutExpired:
             _stop(proc)
-            log.write(f"\n[run_all] stopped after {limits.total_s(notebook)} s, the notebook's wall-clock limit\n")
+            log.write(f"\n[run_all] stopped after {total_s} s, the notebook's wall-clock limit\n")
             return TIMED_OUT
         except BaseException:  # Ctrl-C or an error here: the notebook and its kernel stop too
             _stop(proc)
