@@ -21,7 +21,7 @@ from .config import N_SCALES, ModelConfig
 from .errors import DskdError
 from .files import atomic_write
 
-VERSION = 2
+VERSION = 3  # 3: the pixel threshold
 FUSION_FIELDS = ("scale_fusion", "student_fusion", "sigma", "score_topk", "map_norm")
 
 
@@ -34,12 +34,13 @@ class SavedMaps:
     maps: np.ndarray  # N x S x S float16, fused and smoothed
     paths: list[str]
     defect_types: list[str]
-    threshold: float  # the run's image-score threshold
+    threshold: float  # the run's deployed image-score threshold (`dskd.decision`)
     per_student: dict[str, np.ndarray]  # student -> N x S x S float16, its scales fused and smoothed
     per_scale: dict[str, list[np.ndarray]]  # student -> per scale, N x h x w float32 at the scale's resolution
     norm: np.ndarray  # students x 2 x scales: (location, spread) applied before fusion
     fusion: dict[str, Any]  # the run's FUSION_FIELDS
     valid: np.ndarray | None = None  # N x S x S bool, False on padding; None when nothing is padded
+    pixel_threshold: float | None = None  # the deployed outline's threshold; None: not recorded
 
     @property
     def students(self) -> list[str]:
@@ -55,6 +56,7 @@ def save(path: Path | str, saved: SavedMaps) -> Path:
         "version": np.int32(VERSION), "fusion": np.array(json.dumps(saved.fusion)),
         "students": np.array(saved.students), "paths": np.array(saved.paths),
         "defect_types": np.array(saved.defect_types), "threshold": np.float32(saved.threshold),
+        "pixel_threshold": np.float32(np.nan if saved.pixel_threshold is None else saved.pixel_threshold),
     }
     for f in dataclasses.fields(SavedMaps):
         value = getattr(saved, f.name)
@@ -111,4 +113,5 @@ def load(path: Path | str) -> SavedMaps:
         threshold=float(a["threshold"]), per_student={n: a[f"student_{n}"] for n in students},
         per_scale={n: [a[f"scale{j}_{n}"] for j in range(N_SCALES)] for n in students},
         norm=a["norm"], fusion=json.loads(str(a["fusion"])), valid=a.get("valid"),
+        pixel_threshold=None if np.isnan(a["pixel_threshold"]) else float(a["pixel_threshold"]),
     )

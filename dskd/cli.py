@@ -15,10 +15,10 @@ import sys
 import typing
 from typing import Any
 
-from .config import DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, choices_of, profile_config
+from .config import BY_DATASET, DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, profile_config
 from .deploy import ENGINES, FORMATS
 from .errors import DskdError, os_problem
-from .flags import flag_type
+from .settings import choices_of, flag_type
 
 log = logging.getLogger("dskd")
 NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
@@ -49,10 +49,17 @@ def _current(cfg: RunConfig, name: str) -> Any:
     return getattr(cfg.model, name) if hasattr(cfg.model, name) else getattr(cfg, name)
 
 
+def _by_dataset(name: str) -> str:
+    from .data import REGISTRY
+
+    i = ("image_size", "epochs").index(name)
+    return "each dataset's own: " + ", ".join(f"{n} {spec.quick[i]}" for n, spec in REGISTRY.items())
+
+
 def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
     shown = profile_config(profile)
     for name, f, owner in setting_fields():
-        default = _current(shown, name)
+        default = _current(shown, name) if PROFILES[profile].get(name) != BY_DATASET else _by_dataset(name)
         kind, nargs = flag_type(typing.get_type_hints(owner)[f.name], default)
         flag = "--" + name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} ({profile}: {default})".replace("%", "%%")
@@ -88,6 +95,8 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     e.add_argument("--save-maps", action="store_true", help="store maps, scores, labels and masks (maps.npz)")
     e.add_argument("--device", default="auto", choices=DEVICES)
+    e.add_argument("--threshold-from", metavar="DIR", help="a labelled folder (good/ and one folder per defect "
+                   "type): set the deployed threshold at its F1-max instead of on the validation images")
 
     r = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     source = r.add_mutually_exclusive_group(required=True)
@@ -139,25 +148,38 @@ def _train(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name, _, _ in setting_fields()}
     overrides.update(category=_default_category(args), lr=args.lr)
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    run = fit(profile_config(args.profile, **overrides), args.out, resume=args.resume, quiet=args.quiet,
-              wait=args.wait)
+    cfg = profile_config(args.profile, **overrides)
+    if cfg.size_from == "dataset":
+        from .data import get_dataset
+
+        print(f"image size {cfg.image_size} px, {cfg.epochs} epochs: {cfg.dataset}'s own for --profile "
+              f"{args.profile} ({get_dataset(cfg.dataset).quick[2]}); --image-size and --epochs change them",
+              file=sys.stderr)
+    run = fit(cfg, args.out, resume=args.resume, quiet=args.quiet, wait=args.wait)
     print(run.path)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
 
-    result = evaluate(args.run, args.data_root, save_maps=args.save_maps, device=args.device, quiet=args.json)
+    result = evaluate(args.run, args.data_root, save_maps=args.save_maps, device=args.device, quiet=args.json,
+                      threshold_from=args.threshold_from)
     if args.json:
         print(json.dumps(result))
         return
-    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "n_test", "seconds"):
+    shown = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+             "image_f1_max": "F1-max (oracle: set on the test labels)", "pixel_f1_max": "pixel F1-max (oracle)",
+             "false_alarm_rate": "false alarms (good flagged)", "recall": "recall", "precision": "precision",
+             "f1_at_threshold": "F1", "n_test": "test images", "seconds": "seconds"}
+    d = result["decision"]
+    for key, label in shown.items():
+        if key == "false_alarm_rate":
+            print(f"at the deployed threshold {d['threshold']:.4f} ({d['rule']}, set on {d['source']}):")
         value = result.get(key)
-        print(f"{key:>14}: {'—' if value is None else f'{value:.4f}' if isinstance(value, float) else value}")
-    threshold = result["decision_threshold"]
+        print(f"{label:>40}: {'—' if value is None else f'{value:.4f}' if isinstance(value, float) else value}")
     for kind, s in result["score_summary"].items():
-        print(f"{kind:>14}: {s['n']} image(s), scores {s['min']:.4f} to {s['max']:.4f} (median {s['median']:.4f}); "
-              f"{s['at_or_above_threshold']:.1%} at or above the threshold {threshold:.4f} ({result['decision_rule']})")
+        print(f"{kind:>40}: {s['n']} image(s), scores {s['min']:.4f} to {s['max']:.4f} (median {s['median']:.4f}); "
+              f"{s['at_or_above_threshold']:.1%} at or above the threshold")
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import DskdError
+from .settings import check_choices, setting
 
 N_SCALES = 3  # pyramid levels (strides 4, 8, 16) of every teacher, student, map and loss
 
@@ -45,28 +45,6 @@ def _datasets() -> list[str]:
     return list(DATASETS)
 
 
-def setting(default: Any = None, help: str = "", choices: Sequence | Callable[[], Sequence] | None = None, *,
-            factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
-    """A dataclass field that describes itself: its help line and allowed values travel in its metadata."""
-    meta = {"help": help, "choices": choices, "cli": cli}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def choices_of(f: dataclasses.Field) -> tuple | None:
-    c = f.metadata.get("choices")
-    return None if c is None else tuple(c() if callable(c) else c)
-
-
-def _check_choices(obj: Any) -> None:
-    for f in fields(obj):
-        allowed = choices_of(f)
-        value = getattr(obj, f.name)
-        if allowed is not None and value not in allowed:
-            raise DskdError(f"{f.name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = setting("efficientnet_lite0", "frozen ImageNet teacher", _backbones)
@@ -91,7 +69,7 @@ class ModelConfig:
                                       "fusing (zscore measured best, docs/findings.md)", MAP_NORMS)
 
     def resolved(self) -> ModelConfig:
-        _check_choices(self)
+        check_choices(self)
         if len(self.scale_weights) != N_SCALES:
             raise DskdError(f"scale_weights needs {N_SCALES} values, got {self.scale_weights!r}")
         if self.sigma < 0 or self.score_topk < 0:
@@ -130,7 +108,8 @@ RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
 # Fields added after runs had been published, with the value those runs implicitly had: left out of a run's
 # fingerprint at that value, so earlier runs keep their names (earlier CUDA runs, in bfloat16, get new ones).
 FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
-                                                  ("recalibrate_bn",): False, ("precision",): "float32"}
+                                                  ("recalibrate_bn",): False, ("precision",): "float32",
+                                                  ("val_fraction",): 0.0, ("max_false_alarm",): 0.01}
 
 
 @dataclass(frozen=True)
@@ -151,21 +130,31 @@ class RunConfig:
                                LR_SCHEDULES)
     recalibrate_bn: bool = setting(True, "after training, re-estimate the students' BatchNorm statistics under the "
                                          "final weights (they trail weights that moved until the last step)")
-    seed: int = setting(0, "random seed (weights and batch order)")
+    val_fraction: float = setting(0.1, "share of the good training images held out, seeded, to set the decision "
+                                       "threshold (at least 8 images; never trained on); 0: none, the threshold then "
+                                       "comes from the training images")
+    max_false_alarm: float = setting(0.01, "the decision threshold's target false-alarm rate on good images, set on "
+                                           "the validation images (image scores and, for outlines, pixels)")
+    seed: int = setting(0, "random seed (weights, batch order, the validation hold-out)")
     device: str = setting("auto", "where to train; not part of the run's identity", DEVICES)
     precision: str = setting("auto", "arithmetic of training and maps; auto: float32 on every device (README)",
                              PRECISIONS)
     profile: str = setting("custom", "the profile these settings started from", cli=False)
+    size_from: str = setting("given", "where image_size and epochs came from: given (a profile or a flag), or the "
+                                      "dataset's own for its kind of image (DatasetSpec.quick)", cli=False)
 
     def validate(self) -> RunConfig:
         model = self.model.resolved()
-        _check_choices(self)
+        check_choices(self)
         for opt in (self.se_optim, self.sd_optim):
-            _check_choices(opt)
+            check_choices(opt)
             if not opt.lr > 0:
                 raise DskdError(f"learning rate must be positive, got {opt.lr}")
         if self.image_size < 32 or self.image_size % 32:
             raise DskdError(f"image_size={self.image_size} must be a multiple of 32 and at least 32")
+        if not 0 <= self.val_fraction < 0.5 or not 0 < self.max_false_alarm < 1:
+            raise DskdError(f"val_fraction ({self.val_fraction}) must lie in [0, 0.5) and max_false_alarm "
+                            f"({self.max_false_alarm}) in (0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
             raise DskdError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         return dataclasses.replace(self, model=model)
@@ -188,11 +177,12 @@ class RunConfig:
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
         nested = {"model": ModelConfig, "se_optim": OptimConfig, "sd_optim": OptimConfig}
+        d = {**{k[0]: v for k, v in FIELDS_ADDED_LATER.items() if len(k) == 1}, **d}  # what older runs implied
         return cls(**{k: build(nested[k], v) if k in nested else v for k, v in d.items()})
 
     def fingerprint(self) -> str:
         """Hash of what determines a run's weights, maps and metrics (map settings too), not of its device."""
-        d = {k: v for k, v in self.with_device("any").to_dict().items() if k not in ("device", "profile")}
+        d = {k: v for k, v in self.with_device("any").to_dict().items() if k not in ("device", "profile", "size_from")}
         for (*parents, key), default in FIELDS_ADDED_LATER.items():
             holder = d[parents[0]] if parents else d
             if holder[key] == default:
@@ -231,12 +221,14 @@ class RunConfig:
                                    **{k: v for k, v in overrides.items() if k in run_keys})
 
 
+BY_DATASET = 0  # a profile's image size or epochs that follow the dataset's kind of image (`DatasetSpec.quick`)
 PROFILES: dict[str, dict[str, Any]] = {
     # The offline demo: synthetic textures, small images, a few epochs; every table within minutes on a CPU.
     "demo": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=128, epochs=3, batch_size=8),
     # Real data on a CPU, offline teacher: chosen across MT Defects, MPDD and bottle by the mean of their available
     # metrics, one MT run <= 10 min on 2 cores (results/benchmarks/quick_sweep.md, docs/findings.md section 15).
-    "quick": dict(backbone="efficientnet_lite0", image_size=128, epochs=21, batch_size=8),
+    # Image size and epochs: each dataset's own (`DatasetSpec.quick`: 128 px tiles, 256 px photographs).
+    "quick": dict(backbone="efficientnet_lite0", image_size=BY_DATASET, epochs=BY_DATASET, batch_size=8),
     # The paper's teacher; the training recipe is Reverse Distillation's (the DSKD paper's own is not available).
     "paper": dict(backbone="resnet18", image_size=256, epochs=200, batch_size=16, se_optim=RD_ADAM, sd_optim=RD_ADAM),
     # For the test suite only: the smallest run that exercises every code path.
@@ -247,4 +239,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 def profile_config(name: str, **overrides: Any) -> RunConfig:
     if name not in PROFILES:
         raise DskdError(f"unknown profile '{name}'; choose one of {', '.join(PROFILES)}")
-    return RunConfig(profile=name).with_overrides(**PROFILES[name]).with_overrides(**overrides)
+    cfg = RunConfig(profile=name).with_overrides(**PROFILES[name]).with_overrides(**overrides)
+    if BY_DATASET in (cfg.image_size, cfg.epochs):
+        from .data import get_dataset
+
+        size, epochs, _ = get_dataset(cfg.dataset).quick
+        cfg = dataclasses.replace(cfg, image_size=cfg.image_size or size, epochs=cfg.epochs or epochs,
+                                  size_from="given" if cfg.image_size else "dataset")
+    return cfg

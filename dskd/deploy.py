@@ -27,9 +27,10 @@ class Predictor:
     infer: Infer
     image_size: int
     fit_mode: str
-    threshold: float
+    threshold: float  # image level: defective when score >= threshold
     threshold_rule: str
     source: str
+    pixel_threshold: float  # the overlay outlines pixels >= it
 
     @classmethod
     def from_metadata(cls, infer: Infer, meta: dict[str, str], source: str) -> Predictor:
@@ -37,8 +38,9 @@ class Predictor:
         if missing:
             raise DskdError(f"{source} lacks dskd metadata ({', '.join(missing)}); export it with "
                             "'python -m dskd export --run RUN'")
-        return cls(infer, int(meta["image_size"]), meta["fit_mode"], float(meta["threshold"]),
-                   meta.get("threshold_rule", "?"), source)
+        threshold = float(meta["threshold"])
+        return cls(infer, int(meta["image_size"]), meta["fit_mode"], threshold, meta.get("threshold_rule", "?"),
+                   source, float(meta.get("pixel_threshold", threshold)))
 
 
 def as_input(images: np.ndarray) -> np.ndarray:
@@ -79,7 +81,7 @@ def openvino_predictor(path: Path) -> Predictor:
     except Exception as exc:  # OpenVINO raises RuntimeError for bad files
         raise DskdError(f"{path}: not a readable OpenVINO model ({type(exc).__name__}); export it again") from exc
     meta = {}
-    for key in ("image_size", "fit_mode", "threshold", "threshold_rule"):
+    for key in ("image_size", "fit_mode", "threshold", "threshold_rule", "pixel_threshold"):
         for section in ("dskd", "framework"):  # our IR's own section; an ONNX file's metadata lands in "framework"
             if key not in meta and model.has_rt_info([section, key]):
                 meta[key] = model.get_rt_info([section, key]).astype(str)
@@ -100,7 +102,7 @@ def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
     from .runs import load_run
 
     loaded = load_run(run_dir, device)
-    threshold, rule = loaded.decision()
+    decision = loaded.decision()
 
     def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(images))
@@ -110,7 +112,8 @@ def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
         return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy()
 
     cfg = loaded.run.config
-    return Predictor(infer, cfg.image_size, cfg.fit_mode, threshold, rule, str(run_dir))
+    return Predictor(infer, cfg.image_size, cfg.fit_mode, decision.threshold, decision.rule, str(run_dir),
+                     decision.pixel_threshold)
 
 
 def open_predictor(run: str | Path | None = None, model: str | Path | None = None, engine: str | None = None,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, RunConfig, choices_of, profile_config, setting
+from .config import PROFILES, RunConfig, profile_config
 from .errors import DskdError
-from .flags import flag_type
 from .run_task import ExecutorConfig
+from .settings import choices_of, flag_type, setting
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ class ExperimentConfig:
                                           "itself)")
     categories: list[str] | None = setting(None, "None: every category of the dataset")
     backbone: str | None = setting(None, "None: the profile's teacher")
-    image_size: int | None = setting(None, "None: the profile's")
-    epochs: int | None = setting(None, "None: the profile's")
+    image_size: int | None = setting(None, "None: the profile's (quick: each dataset's own)")
+    epochs: int | None = setting(None, "None: the profile's (quick: each dataset's own)")
     seeds: list[int] = setting(help="training seeds of every run", factory=lambda: [0])
     out_dir: str = setting("../results/demo", "tables, figures and runs; ./run_all.sh passes results/<profile>")
     complexity_size: int | None = setting(None, "image side of the complexity table; None: the profile's")

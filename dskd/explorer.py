@@ -71,13 +71,15 @@ class MapExplorer:
         return np.kron(native, np.ones((reps, reps), np.float32))  # nearest upsampling: shows the true grid
 
     def default_threshold(self) -> float:
-        """The run's own threshold (from training scores) when showing the fused map, else the map's 99th pct."""
+        """On the fused map, the run's deployed pixel threshold (the outline a line-side overlay draws; the image
+        threshold for archives that lack it); on other views, the map's 99th percentile."""
         if self.view == "fused":
-            return float(self.saved.threshold)
+            s = self.saved
+            return float(s.threshold if s.pixel_threshold is None else s.pixel_threshold)
         return float(np.percentile(self.current_map(), 99))
 
     def prediction(self) -> np.ndarray:
-        return self.current_map() > self.threshold
+        return self.current_map() >= self.threshold
 
     def truth(self) -> np.ndarray | None:
         """The current image's ground-truth mask; None when the run's data has no masks."""
@@ -155,7 +157,7 @@ class MapExplorer:
         overlap[pred & ~known] = (0.9, 0.2, 0.1)  # red: false alarm (every detection, without masks)
         overlap[~pred & known] = (0.2, 0.3, 0.9)  # blue: missed
         axes[2].imshow(overlap)
-        axes[2].set_title(f"prediction > {self.threshold:.3g}" + ("" if iou is None else f": IoU {iou:.3f}"))
+        axes[2].set_title(f"prediction >= {self.threshold:.3g}" + ("" if iou is None else f": IoU {iou:.3f}"))
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])

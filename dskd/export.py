@@ -59,11 +59,13 @@ class InferenceGraph(nn.Module):
 
 def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str, str]:
     cfg = loaded.run.config
-    threshold, rule = loaded.decision()
+    decision = loaded.decision()
     return {"dskd_version": __version__, "fingerprint": cfg.fingerprint(), "run_name": loaded.run.path.name,
             "image_size": str(image_size), "fit_mode": cfg.fit_mode,
             "batch": "dynamic" if batch is None else str(batch), "precision": "fp32",
-            "threshold": repr(threshold), "threshold_rule": rule, "students": ",".join(loaded.model.students),
+            "threshold": repr(decision.threshold), "threshold_rule": decision.rule,
+            "pixel_threshold": repr(decision.pixel_threshold), "decision": json.dumps(decision.to_dict()),
+            "students": ",".join(loaded.model.students),
             "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
                 "; valid: bool N x S x S" if cfg.fit_mode == "pad" else "")}
 

@@ -42,16 +42,19 @@ def _outline(region: np.ndarray, width: int) -> np.ndarray:
     return region & ~inner
 
 
-def render(image: np.ndarray, amap: np.ndarray, fit_mode: str, threshold: float, score: float) -> Image.Image:
-    """Overlay for one image (H x W x 3 uint8) and its map (S x S): colour 0.5 at the threshold, the region above it
-    outlined, and 'DEFECTIVE' or 'good' with the score written in the corner."""
+def render(image: np.ndarray, amap: np.ndarray, fit_mode: str, threshold: float, score: float,
+           pixel_threshold: float | None = None) -> Image.Image:
+    """Overlay for one image (H x W x 3 uint8) and its map (S x S): colour 0.5 at the pixel threshold (default: the
+    image threshold), the region at or above it outlined, and 'DEFECTIVE' or 'good' (score against the image
+    threshold) with the score written in the corner."""
     height, width = image.shape[:2]
     full = map_to_image(amap, width, height, fit_mode)
-    spread = max(threshold - float(full.min()), 1e-6)
-    heat = jet(0.5 + 0.5 * (full - threshold) / spread)
+    at = threshold if pixel_threshold is None else pixel_threshold
+    spread = max(at - float(full.min()), 1e-6)
+    heat = jet(0.5 + 0.5 * (full - at) / spread)
     out = (0.55 * image / 255.0 + 0.45 * heat).clip(0, 1)
     out = (out * 255).astype(np.uint8)
-    out[_outline(full >= threshold, max(1, min(width, height) // 200))] = OUTLINE
+    out[_outline(full >= at, max(1, min(width, height) // 200))] = OUTLINE
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
     defective = score >= threshold

@@ -51,7 +51,7 @@ def _one(predictor: Predictor, path: Path, out: Path) -> dict[str, Any]:
     original = read_image(path)
     amap, score = predict_image(predictor, original)
     target = out / f"{path.stem}_overlay.png"
-    picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score)
+    picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score, predictor.pixel_threshold)
     atomic_write(target, lambda tmp: picture.save(tmp, "PNG"))
     return {"path": str(path), "score": score, "decision": "defective" if score >= predictor.threshold else "good",
             "threshold": predictor.threshold, "overlay": str(target), "error": ""}
@@ -62,8 +62,8 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
             strict: bool = False) -> list[dict[str, Any]]:
     """Overlays and `scores.csv` for a user's images, from a run folder (PyTorch) or an exported `model` file.
 
-    The decision is `score >= threshold`: the F1-max threshold chosen when the run was evaluated (stored in the run
-    and in exported files), or, for a run not yet evaluated, the training images' mean + 3 std. An unreadable image
+    The decision is `score >= threshold`, the run's deployed threshold (`dskd.decision`: set on good images held
+    out of training, never on test labels; stored in the run and in exported files). An unreadable image
     is skipped with a warning and listed in `scores.csv` with its error (with `strict`, it stops the prediction).
     """
     predictor = open_predictor(run_dir, model, engine, device)
@@ -71,7 +71,8 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
     if out.exists() and not out.is_dir():
         raise DskdError(f"{out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    log.info("predicting with %s (threshold %.4g, %s)", predictor.source, predictor.threshold, predictor.threshold_rule)
+    log.info("predicting with %s (threshold %.4g, %s; outline at %.4g)", predictor.source, predictor.threshold,
+             predictor.threshold_rule, predictor.pixel_threshold)
     rows = []
     for path in tqdm(collect_images(inputs), desc="predict", disable=quiet):
         try:

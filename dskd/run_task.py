@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, setting
+from .config import RunConfig
 from .errors import DskdError
+from .settings import setting
 
 EXECUTORS = ("local", "ray")
 

@@ -1,7 +1,8 @@
 """Run folders: where a run keeps what it produced, how it records where it came from, and how it is loaded.
 
 A run folder holds `config.json` (settings and provenance), `checkpoint.pt` (atomic, written after every
-epoch), `train_log.csv`, `metrics.json` and, on request, `maps.npz` (`dskd.archive`).
+epoch), `train_log.csv`, `decision.json` (the deployed thresholds, `dskd.decision`), `metrics.json` and, on
+request, `maps.npz` (`dskd.archive`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from . import __version__
 from .config import RunConfig
+from .decision import Decision
 from .errors import DskdError
 from .model import DSKD
 
@@ -43,6 +45,10 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.json"
+
+    @property
+    def decision_file(self) -> Path:
+        return self.path / "decision.json"
 
     @property
     def maps_file(self) -> Path:
@@ -147,14 +153,13 @@ class LoadedRun:
     def precision(self) -> str:
         return self.run.config.precision
 
-    def decision(self) -> tuple[float, str]:
-        """(threshold, rule) of the image-level decision: the F1-max threshold chosen at evaluation, else (a run
-        not evaluated yet) the training images' mean + 3 std."""
-        if self.run.metrics_file.is_file():
-            metrics = self.run.metrics()
-            if metrics.get("decision_threshold") is not None:
-                return float(metrics["decision_threshold"]), str(metrics["decision_rule"])
-        return self.image_threshold, "train_mean_plus_3std"
+    def decision(self) -> Decision:
+        """The deployed decision set after training (`dskd.evaluation.calibrate`); a run from before decisions
+        were recorded gets the training images' mean + 3 std for both thresholds."""
+        if self.run.decision_file.is_file():
+            return Decision.from_dict(read_json(self.run.decision_file, "evaluating the run again"))
+        return Decision(self.image_threshold, self.image_threshold, "train_mean_plus_3std", "the training images",
+                        0, None, None, "a run from before decisions were recorded; evaluate it to set one")
 
 
 def open_run(run_dir: str | Path | RunDir) -> RunDir:

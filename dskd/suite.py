@@ -15,13 +15,24 @@ from .experiments import experiment, run_grid
 from .figures import pick_samples, qualitative_figure, save_figure, show_samples
 from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
 from .plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure
-from .tables import METRICS, benchmark_table, markdown, method_table, per_defect_table, reference, save_table, summarize
+from .tables import (
+                     AT_THRESHOLD,
+                     METRICS,
+                     benchmark_table,
+                     decision_table,
+                     markdown,
+                     method_table,
+                     per_defect_table,
+                     reference,
+                     save_table,
+                     summarize,
+)
 
 __all__ = [
-    "ABLATION_DF", "ABLATION_STUDENTS", "METHODS", "METRICS", "SCALE_SUBSETS", "TABLE_METHODS", "Experiment",
-    "ExperimentConfig", "from_parameters",
-    "SavedMaps", "bars_figure", "benchmark_table", "complexity_table", "cost_figure", "curves_figure", "evaluate_once",
-    "experiment", "load_maps", "markdown", "method_bars", "method_table", "multiscale_ablation", "multiscale_bars",
-    "per_defect_table", "pick_samples", "qualitative_figure", "reference", "refuse", "run_grid", "save_figure",
-    "save_table", "show_samples", "summarize", "teacher_weights_available", "training_figure",
+    "ABLATION_DF", "ABLATION_STUDENTS", "AT_THRESHOLD", "METHODS", "METRICS", "SCALE_SUBSETS", "TABLE_METHODS",
+    "Experiment", "ExperimentConfig", "from_parameters", "SavedMaps", "bars_figure", "benchmark_table",
+    "complexity_table", "cost_figure", "curves_figure", "decision_table", "evaluate_once", "experiment", "load_maps",
+    "markdown", "method_bars", "method_table", "multiscale_ablation", "multiscale_bars", "per_defect_table",
+    "pick_samples", "qualitative_figure", "reference", "refuse", "run_grid", "save_figure", "save_table",
+    "show_samples", "summarize", "teacher_weights_available", "training_figure",
 ]

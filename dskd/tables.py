@@ -14,7 +14,8 @@ from .data import get_dataset
 from .experiment_config import Experiment
 from .files import atomic_write, write_text
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
+METRICS = ("image_auroc", "pixel_auroc", "aupro")  # threshold-free
+AT_THRESHOLD = ("false_alarm_rate", "recall", "f1_at_threshold", "image_f1_max")  # decisions, and the oracle
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
 ABSENT = "—"
 
@@ -66,6 +67,21 @@ def benchmark_table(exp: Experiment, runs: pd.DataFrame, metrics: Sequence[str] 
         table[label] = {f"{m} / {meth}": _fmt(sub[(m, meth)].mean(), sub[(m, meth)].std(ddof=0), len(sub))
                         for m in metrics for meth in methods if (m, meth) in sub}
     return pd.DataFrame.from_dict(table, orient="index")
+
+
+def decision_table(exp: Experiment, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The test split decided at each run's deployed threshold, beside the oracle F1-max; and the note that says
+    how the thresholds were set (rule, target, validation images per run)."""
+    if runs.empty:
+        return _skipped(exp), ""
+    rules = ", ".join(sorted(set(runs["decision_rule"])))
+    counts = pd.to_numeric(runs["decision_images"])
+    targets = ", ".join(f"{t:.0%}" for t in sorted(set(runs["target_false_alarm"].dropna())))
+    note = (f"Decisions at each run's deployed threshold, set without test labels ({rules}; target false-alarm rate "
+            f"{targets or '—'}; {counts.min()}–{counts.max()} images per run): false_alarm_rate is the share of the "
+            "test's good images flagged, recall that of its defective images, f1_at_threshold their F1. "
+            "image_f1_max is the oracle F1-max, its threshold fitted on the test labels: a reference, not a result.")
+    return benchmark_table(exp, runs, AT_THRESHOLD), note
 
 
 def _skipped(exp: Experiment | None) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from .batches import preload, to_input, valid_tensor
 from .config import OptimConfig, RunConfig
 from .data import load_dataset
 from .errors import DskdError
+from .evaluation import calibrate
 from .files import atomic_write, write_json, write_text
 from .map_stats import fit_map_statistics
 from .model import DSKD
@@ -28,6 +29,7 @@ from .runs import (
     RunDir,
     autocast,
     files_fingerprint,
+    load_run,
     load_students,
     provenance,
     read_checkpoint,
@@ -149,7 +151,8 @@ def _start(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool) -> _
 
 def _train(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quiet: bool) -> RunDir:
     train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", cfg.image_size,
-                             split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+                             split_file=cfg.split_file, fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction,
+                             seed=cfg.seed)
     images, _ = preload(train_set, desc="loading training images", quiet=quiet)
     info = provenance(cfg, device, files_fingerprint([s.path for s in train_set.samples], Path(cfg.data_root)),
                       len(train_set))
@@ -172,6 +175,7 @@ def _train(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quie
     info.update(completed=True, train_minutes=round(sum(r["seconds"] for r in state.rows) / 60, 3),
                 image_threshold=stats["image_threshold"])
     write_json(run.info_file, info)
+    calibrate(load_run(run, device.type), quiet=quiet)
     return run
 
 

@@ -11,11 +11,14 @@ def test_fields_added_later_keep_earlier_run_names():
         dataset="mt_defects", category="mt_defects", data_root="../shared/data", backbone="efficientnet_lite0",
         split_file="../shared/data/mt_defects/splits/differnet_train_free.txt", image_size=64, epochs=6, batch_size=8,
     ).validate()
-    old = cfg.with_overrides(recalibrate_bn=False, lr_schedule="constant", df_input="raw")
+    old = cfg.with_overrides(recalibrate_bn=False, lr_schedule="constant", df_input="raw", val_fraction=0.0)
     # the name the 3-seed quick benchmark's seed-0 dskd run had before these fields existed (session 2)
     assert old.fingerprint() == "20e493b2cb24"
     assert cfg.fingerprint() != old.fingerprint()  # recalibrated runs are other runs
     assert RunConfig.from_dict(old.to_dict()).fingerprint() == old.fingerprint()
+    # a config.json written before a field existed reads as what that run did, not as today's default
+    written_then = {k: v for k, v in old.to_dict().items() if k not in ("recalibrate_bn", "val_fraction")}
+    assert RunConfig.from_dict(written_then) == old
 
 
 
@@ -31,20 +34,22 @@ def test_train_parser_has_a_flag_for_every_setting():
     dests = {a.dest: a for a in train._actions}
     wanted = {f.name for f in dataclasses.fields(ModelConfig)}
     wanted |= {f"{o}_{f.name}" for o in ("se_optim", "sd_optim") for f in dataclasses.fields(OptimConfig)}
-    wanted |= {f.name for f in dataclasses.fields(RunConfig) if f.name not in ("model", "se_optim", "sd_optim",
-                                                                              "profile")}
+    wanted |= {f.name for f in dataclasses.fields(RunConfig) if f.name not in ("model", "se_optim", "sd_optim")
+               and f.metadata["cli"]}
     assert wanted <= set(dests), sorted(wanted - set(dests))
     assert set(dests["student_fusion"].choices) == {"sum", "mean", "max"}
     assert set(dests["precision"].choices) == {"auto", "float32", "bfloat16", "float16"}
     from dskd.config import PROFILES
 
-    assert f"quick: {PROFILES['quick']['image_size']}" in dests["image_size"].help
+    assert "quick: each dataset's own: mvtec_ad 256, mvtec3d 256, mt_defects 128" in dests["image_size"].help
+    assert f"test: {PROFILES['test']['image_size']}" in build_parser("test")._subparsers._group_actions[0].choices[
+        "train"]._option_string_actions["--image-size"].help
     assert dests["scale_weights"].nargs == 3
 
 
 def test_flags_reach_the_run_config():
     from dskd.cli import build_parser, setting_fields
-    from dskd.config import PROFILES, profile_config
+    from dskd.config import profile_config
 
     args = build_parser().parse_args(["train", "--out", "x", "--score-topk", "5", "--student-fusion", "max",
                                       "--scale-weights", "1", "2", "3", "--se-optim-lr", "0.1", "--no-recalibrate-bn",
@@ -54,7 +59,7 @@ def test_flags_reach_the_run_config():
     assert (cfg.model.score_topk, cfg.model.student_fusion, cfg.model.sigma) == (5, "max", 2.0)
     assert cfg.model.scale_weights == (1.0, 2.0, 3.0) and cfg.se_optim.lr == 0.1 and cfg.sd_optim.lr == 0.005
     assert cfg.recalibrate_bn is False and cfg.precision == "bfloat16"
-    assert cfg.image_size == PROFILES["quick"]["image_size"]
+    assert cfg.size_from == "dataset" and cfg.image_size == 128  # synthetic's own size
 
 
 def test_precision_is_part_of_a_runs_identity():

@@ -226,6 +226,7 @@ BAD_INPUTS = [
     ["evaluate", "--run", "{t}/none"], ["evaluate"], ["predict", "--run", "{t}/none", "{t}", "--out", "{t}/p"],
     ["nothing"], ["train", "--out", "{t}/a", "--fit-mode", "crop"], ["train", "--out", "{t}/a", "--se-optim-name", "x"],
     ["train", "--out", "/proc/dskd/a"], ["predict", "--model", "{t}/none.onnx", "{t}", "--out", "{t}/p"],
+    ["train", "--out", "{t}/a", "--val-fraction", "0.7"], ["train", "--out", "{t}/a", "--max-false-alarm", "0"],
 ]
 DATA_INPUTS = [["download", "mt_defects", "--root", "/proc/dskd"], ["download", "imagenet", "--root", "{t}"], []]
 
@@ -284,10 +285,18 @@ def test_evaluate_on_a_test_split_with_one_kind_of_image_reports_what_it_can(tmp
             assert pixel == [None] * 3 and "pixel AUROC, AUPRO and pixel F1 are null" in warnings[0]
         else:  # defect and defect-free pixels within the defective images: defined
             assert all(0 <= v <= 1 for v in pixel), pixel
-        assert result["decision_rule"] == "train_mean_plus_3std"
+        assert result["decision_rule"] == "val_false_alarm" and result["decision_images"] == 8
         summary = result["score_summary"][{"defect-free": "good", "defective": "defective"}[kind]]
         assert summary["n"] == result["n_test"] and 0 <= summary["at_or_above_threshold"] <= 1
         assert summary["min"] <= summary["median"] <= summary["max"]
         assert json.loads((run / "metrics.json").read_text())["image_auroc"] is None
     shown = _cli("evaluate", "--run", run, "--device", "cpu")  # the same, as a person reads it
-    assert shown.returncode == 0 and "image_auroc: —" in shown.stdout and "at or above the threshold" in shown.stdout
+    assert shown.returncode == 0 and "image AUROC: —" in shown.stdout and "at or above the threshold" in shown.stdout
+    _images(tmp_path / "labelled" / "good", 4)  # a labelled folder the user names: F1-max on it
+    _images(tmp_path / "labelled" / "dent", 4, value=200)
+    r = _cli("evaluate", "--run", run, "--json", "--device", "cpu", "--threshold-from", tmp_path / "labelled")
+    decision = json.loads(r.stdout)["decision"]
+    assert decision["rule"] == "f1_max_on_folder" and "(4 good, 4 defective images)" in decision["source"]
+    assert json.loads((run / "decision.json").read_text()) == decision  # what predict and export now use
+    r = _cli("evaluate", "--run", run, "--threshold-from", good_only / "washer")  # good/ alone
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "needs good images and defective" in r.stderr

@@ -97,7 +97,7 @@ def test_export_and_predict_through_the_command_line_in_every_engine(data_root, 
 
     run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
     metrics = evaluate(run, device="cpu")
-    assert metrics["decision_rule"] == "f1_max_on_test"
+    assert metrics["decision_rule"] == "val_false_alarm"  # set on held-out good images: the same in every engine
     onnx_path, xml_path = export(run.path, "onnx"), export(run.path, "openvino", tmp_path / "ir" / "model.xml")
     images = data_root / "synthetic" / "grid" / "test" / "hole"
     results = {}
@@ -113,7 +113,7 @@ def test_export_and_predict_through_the_command_line_in_every_engine(data_root, 
         for a, b in zip(results["torch"], results[name], strict=True):
             assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4)
             assert float(b["threshold"]) == metrics["decision_threshold"]
-            if abs(float(a["score"]) - metrics["decision_threshold"]) > 1e-3:  # the F1 threshold is a test score
+            if abs(float(a["score"]) - metrics["decision_threshold"]) > 1e-4:  # engines agree to 1e-4
                 assert a["decision"] == b["decision"]
     overlay = Image.open(results["openvino"][0]["overlay"])
     assert overlay.size == Image.open(results["openvino"][0]["path"]).size  # the image's own size
@@ -129,7 +129,9 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
     from dskd.export import STUDENT_NETWORKS, InferenceGraph, _onnx_proto, network_nodes
     from dskd.runs import load_run
 
-    run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
+    # all 60 training images: the toy run whose INT8 maps this test has followed since it was written
+    run = fit(profile_config("test", data_root=str(data_root), category="grid", val_fraction=0), tmp_path / "run",
+              quiet=True)
     r = subprocess.run([sys.executable, "-m", "dskd", "export", "--run", str(run.path), "--format", "onnx", "--int8"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--format openvino" in r.stderr and "Traceback" not in r.stderr

@@ -243,7 +243,7 @@ def test_every_notebook_declares_the_generated_parameters_and_resolves_them_in_o
 def test_a_new_parameter_is_one_field(monkeypatch, capsys):
     """Adding a field to ExperimentConfig gives run_all its flag, every notebook its parameter line, and run_all
     passes the flag's value to the notebooks, with nothing else edited."""
-    from dskd.config import setting
+    from dskd.settings import setting
 
     extended = dataclasses.make_dataclass(
         "ExperimentConfig", [("max_false_alarm", float, setting(0.01, "target false-alarm rate on good images"))],

@@ -4,17 +4,35 @@ one reader. `root` may be the dataset's own folder or a parent holding it under 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import DskdError
 from . import synthetic
 from .datasets import AnomalyDataset, Sample
 from .images import read_image
-from .layouts import MT_DEFECT_TYPES, folder_samples, mt_defects_samples, mvtec3d_samples, mvtec_samples, subdirs
+from .layouts import (
+    MT_DEFECT_TYPES,
+    folder_samples,
+    labelled_samples,
+    mt_defects_samples,
+    mvtec3d_samples,
+    mvtec_samples,
+    subdirs,
+)
 
+log = logging.getLogger(__name__)
 Reader = Callable[..., list[Sample]]  # (root, category, split, require_masks, split_file) -> samples
+
+
+# The quick profile's image size by kind of image (docs/findings.md sections 15 and 22). Epochs: one run of a
+# 250-image category trains in at most 10 minutes on a 2-core CPU at that size.
+PHOTOGRAPHS = "photographs of objects and textures: the field's standard 256 px"
+QUICK_EPOCHS_256 = 10
 
 
 @dataclass(frozen=True)
@@ -27,6 +45,8 @@ class DatasetSpec:
     marker: str = "train"  # what a category folder holds (or, for single-category layouts, the dataset folder)
     textures: tuple[str, ...] = ()  # categories averaged as textures in tables (the rest are objects)
     standard_split: str | None = None  # the field's usual training list, relative to the dataset's folder
+    validation: bool = False  # the data has its own folder of good validation images (used instead of carving one)
+    quick: tuple[int, int, str] = (256, QUICK_EPOCHS_256, PHOTOGRAPHS)  # the quick profile's size, epochs, and why
 
     def standard_split_file(self, root: Path | str) -> str | None:
         """The usual protocol's training list when it lies beside the data (MT Defects: DifferNet's 761 images),
@@ -55,13 +75,15 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("mvtec_ad", "MVTec AD", mvtec_samples, MVTEC_AD_CATEGORIES,
                 ("mvtec_ad", "mvtec_anomaly_detection", "mvtec"), textures=MVTEC_AD_TEXTURES),
     DatasetSpec("mvtec3d", "MVTec 3D-AD (RGB)", mvtec3d_samples, MVTEC3D_CATEGORIES,
-                ("mvtec3d", "mvtec_3d_anomaly_detection", "mvtec_3d")),
+                ("mvtec3d", "mvtec_3d_anomaly_detection", "mvtec_3d"), validation=True),
     DatasetSpec("mt_defects", "MT Defects", mt_defects_samples, ("mt_defects",),
                 ("mt_defects", "Magnetic-tile-defect-datasets.", "Magnetic-tile-defect-datasets"), marker="MT_Free",
-                standard_split="splits/differnet_train_free.txt"),
+                standard_split="splits/differnet_train_free.txt",
+                quick=(128, 21, "small grayscale tiles: 128 px measured best (docs/findings.md sections 2, 7, 15)")),
     DatasetSpec("mpdd", "MPDD", mvtec_samples, MPDD_CATEGORIES, ("mpdd", "MPDD")),
     DatasetSpec("folder", "own folder", folder_samples, (), (), marker="good"),
-    DatasetSpec("synthetic", "synthetic textures", mvtec_samples, synthetic.CATEGORIES, ("synthetic",)),
+    DatasetSpec("synthetic", "synthetic textures", mvtec_samples, synthetic.CATEGORIES, ("synthetic",),
+                quick=(128, 21, "generated at 128 px")),
 )}
 DATASETS = tuple(REGISTRY)
 
@@ -102,23 +124,62 @@ def categories(name: str, root: Path | str | None = None) -> list[str]:
     return [c for c in wanted if (d / c / spec.marker).is_dir()]
 
 
+SPLITS = ("train", "val", "test")
+VAL_MIN = 8  # the fewest validation images held out: fewer cannot place a threshold usefully (README, thresholds)
+
+
 def load_dataset(name: str, root: Path | str, category: str, split: str, image_size: int = 256, *,
                  require_masks: bool = True, split_file: Path | str | None = None,
-                 fit_mode: str = "stretch") -> AnomalyDataset:
+                 fit_mode: str = "stretch", val_fraction: float = 0.0, seed: int = 0) -> AnomalyDataset:
+    """One split of a dataset. `val` is the good images that set the decision threshold and are never trained on:
+    the data's own validation folder where it has one, else a seeded `val_fraction` (at least `VAL_MIN` images)
+    of the good training images, which `train` then leaves out. `val_fraction=0`: no validation split."""
     spec = get_dataset(name)
-    if split not in ("train", "test"):
-        raise DskdError(f"split must be 'train' or 'test', got '{split}'")
+    if split not in SPLITS:
+        raise DskdError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
     d = dataset_root(name, root)
     if name == "synthetic":
         if category not in synthetic.CATEGORIES:
             raise DskdError(f"unknown synthetic category '{category}'; choose one of {', '.join(synthetic.CATEGORIES)}")
         synthetic.ensure_synthetic(d, (category,))
-    samples = spec.reader(d, category, split, require_masks, split_file)
-    return AnomalyDataset(samples, image_size, where=f"{d} ({name}/{category}/{split})", fit_mode=fit_mode)
+    where = f"{d} ({name}/{category}/{split})"
+    if split == "test":
+        samples = spec.reader(d, category, split, require_masks, split_file)
+    else:
+        train, val = _train_and_val(spec, d, category, split_file, val_fraction, seed)
+        samples = train if split == "train" else val
+        if not val and val_fraction > 0 and split == "train":
+            log.warning("%s: %d good training images are too few to hold out %d for validation (and keep as many "
+                        "for training): none held out, the threshold comes from the training images; add images, "
+                        "or pass --val-fraction 0 to say so", where, len(train), VAL_MIN)
+        if split == "val" and not samples:
+            raise NoValidationSplit(f"{where}: no validation split (val_fraction {val_fraction}, {len(train)} "
+                                    "good training images)")
+    return AnomalyDataset(samples, image_size, where=where, fit_mode=fit_mode)
+
+
+class NoValidationSplit(DskdError):
+    """Asked for the validation split of data that has none (val_fraction 0, or too few images to carve one)."""
+
+
+def _train_and_val(spec: DatasetSpec, d: Path, category: str, split_file: Path | str | None, fraction: float,
+                   seed: int) -> tuple[list[Sample], list[Sample]]:
+    train = spec.reader(d, category, "train", False, split_file)
+    if fraction <= 0:
+        return train, []
+    if spec.validation:
+        val = spec.reader(d, category, "validation", False, split_file)
+        if val:
+            return train, val
+    n_val = max(VAL_MIN, round(fraction * len(train)))
+    if len(train) - n_val < n_val:
+        return train, []
+    held = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
+    return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
 
 
 __all__ = [
     "DATASETS", "MT_DEFECT_TYPES", "MVTEC3D_CATEGORIES", "MVTEC_AD_CATEGORIES", "MVTEC_AD_TEXTURES", "REGISTRY",
-    "AnomalyDataset", "DatasetSpec", "Sample", "categories", "dataset_root", "get_dataset", "load_dataset",
-    "read_image",
+    "SPLITS", "VAL_MIN", "AnomalyDataset", "DatasetSpec", "NoValidationSplit", "Sample", "categories",
+    "dataset_root", "get_dataset", "labelled_samples", "load_dataset", "read_image",
 ]

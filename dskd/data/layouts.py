@@ -77,10 +77,10 @@ def mvtec_samples(root: Path, category: str, split: str, require_masks: bool = T
 
 def mvtec3d_samples(root: Path, category: str, split: str, require_masks: bool = True,
                     split_file: str | None = None) -> list[Sample]:
-    """MVTec 3D-AD, RGB only: `<split>/<type>/rgb/*.png`, masks in `test/<type>/gt/`."""
+    """MVTec 3D-AD, RGB only: `<split>/<type>/rgb/*.png`, masks in `test/<type>/gt/`; `validation/good` too."""
     d = category_dir(root, category)
-    if split == "train":
-        return [Sample(p, None, 0, "good") for p in images_in(d / "train" / "good" / "rgb")]
+    if split in ("train", "validation"):
+        return [Sample(p, None, 0, "good") for p in images_in(d / split / "good" / "rgb")]
     samples = [Sample(p, None, 0, "good") for p in images_in(d / "test" / "good" / "rgb")]
     for defect in (t for t in subdirs(d / "test") if t != "good"):
         has_gt = (d / "test" / defect / "gt").is_dir()
@@ -143,4 +143,18 @@ def folder_samples(root: Path, category: str, split: str, require_masks: bool = 
     for defect in (t for t in subdirs(d) if t not in ("good", "ground_truth")):
         mask_of = (lambda p, t=defect: gt / t / f"{p.stem}_mask.png") if gt.is_dir() else None
         samples += _defective(images_in(d / defect), defect, mask_of, require_masks)
+    return samples
+
+
+def labelled_samples(folder: Path) -> list[Sample]:
+    """Every image of a labelled folder, for choosing a threshold on it: `good/` and one folder per defect type
+    (masks are not read)."""
+    if not (folder / "good").is_dir():
+        raise DskdError(f"{folder} has no good/ folder; a labelled folder holds good/ and one folder per defect type")
+    samples = [Sample(p, None, 0, "good") for p in images_in(folder / "good")]
+    for defect in (t for t in subdirs(folder) if t not in ("good", "ground_truth")):
+        samples += [Sample(p, None, 1, defect) for p in images_in(folder / defect)]
+    if not samples or all(s.label for s in samples) or not any(s.label for s in samples):
+        raise DskdError(f"{folder} needs good images and defective ones (a folder per defect type beside good/) "
+                        "to choose an F1-max threshold")
     return samples
