@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dskd import suite
+from dskd import claims, suite
 from dskd.config import FIT_MODES, MAP_NORMS, PRECISIONS
 from dskd.files import atomic_write, write_text
 from dskd.methods import METHODS
@@ -34,10 +34,7 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     image AUROC, and the median training minutes of one run. Absent metrics (no masks) stay NaN."""
     rows = []
     for (dataset, category, method), sub in runs.groupby(["dataset", "category", "method"], sort=False):
-        row = {"dataset": dataset, "category": category, "config": method, "seeds": len(sub),
-               "decision_rule": ", ".join(sorted(set(sub["decision_rule"]))),
-               "decision_images": int(pd.to_numeric(sub["decision_images"]).median()),
-               "target_false_alarm": ", ".join(f"{t:.0%}" for t in sorted(set(sub["target_false_alarm"].dropna())))}
+        row = {"dataset": dataset, "category": category, "config": method, "seeds": len(sub), **_decisions(sub)}
         for m in (*suite.METRICS, *suite.AT_THRESHOLD):
             values = pd.to_numeric(sub[m], errors="coerce") if m in sub else pd.Series(dtype=float)
             row[f"{m}_mean"], row[f"{m}_std"] = values.mean(), values.std(ddof=0)
@@ -47,6 +44,16 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
         row["train_minutes_per_run"] = float(sub["train_minutes"].median())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _decisions(sub: pd.DataFrame) -> dict[str, object]:
+    """How the runs' thresholds were set: rule, target false-alarm rate, validation images (median over seeds);
+    empty for runs evaluated before decisions were recorded."""
+    if "decision_rule" not in sub:
+        return {"decision_rule": "", "target_false_alarm": "", "decision_images": float("nan")}
+    return {"decision_rule": ", ".join(sorted(set(sub["decision_rule"].dropna()))),
+            "target_false_alarm": ", ".join(f"{t:.0%}" for t in sorted(set(sub["target_false_alarm"].dropna()))),
+            "decision_images": float(pd.to_numeric(sub["decision_images"]).median())}
 
 
 def finished_seeds(exp: suite.Experiment, configs: list[str]) -> list[int]:
@@ -116,6 +123,24 @@ def markdown_report(table: pd.DataFrame, described: dict[str, str], minutes: flo
     return "\n".join(lines) + "\n"
 
 
+RUN_COLUMNS = ("dataset", "category", "method", "seed", *suite.METRICS, *suite.AT_THRESHOLD, "train_minutes")
+
+
+def write_claims(target: Path, name: str, runs: pd.DataFrame, described: dict[str, str]) -> None:
+    """`<name>_runs.csv` (every run's metrics, and dskd's re-fused at each pyramid level: what the ledger reads) and
+    the claims ledger built from it, `<name>_claims.csv` and `.md`."""
+    per_run = pd.concat([runs, claims.level_rows(runs)], ignore_index=True)
+    per_run = per_run[[c for c in RUN_COLUMNS if c in per_run]]
+    atomic_write(target / f"{name}_runs.csv", lambda tmp: per_run.to_csv(tmp, index=False))
+    ledger = claims.ledger(per_run, described)
+    atomic_write(target / f"{name}_claims.csv", lambda tmp: ledger.to_csv(tmp, index=False))
+    lines = ["# Claims ledger on real data", "", f"Built by `python -m benchmarks.accuracy` from `{name}_runs.csv`.",
+             claims.RULE, "", "Summary (rows per verdict):", "", suite.markdown(claims.claims_summary(ledger)), "",
+             suite.markdown(ledger.drop(columns="evidence").set_index(["claim", "dataset", "metric"])), "",
+             "Evidence per dataset:", "", *[f"- {d}: {text}" for d, text in described.items()], ""]
+    write_text(target / f"{name}_claims.md", "\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True)
@@ -162,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         all_runs.append(suite.run_grid(exp, args.configs, quiet=False).assign(dataset=dataset))
     if not all_runs:
         raise SystemExit("error: none of the datasets was found under --data-root")
-    table = accuracy_table(pd.concat(all_runs, ignore_index=True))
+    runs = pd.concat(all_runs, ignore_index=True)
+    table = accuracy_table(runs)
     target = out / "benchmarks"
+    write_claims(target, args.name, runs, described)
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.round(4).to_csv(tmp, index=False))
     write_text(target / f"{args.name}.md", markdown_report(table, described, (time.perf_counter() - t0) / 60,
                                                                       args.note))

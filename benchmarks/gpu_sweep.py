@@ -58,7 +58,7 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
 
 
 def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argparse.Namespace):
-    from dskd.config import profile_config
+    from dskd.profiles import profile_config
 
     return profile_config("quick", dataset="mt_defects", category="mt_defects", data_root=args.data_root,
                           split_file=args.split_file, image_size=size, epochs=epochs, fit_mode=fit, seed=seed,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dskd.config import profile_config
 from dskd.executors import execute
 from dskd.files import atomic_write, write_text
+from dskd.profiles import profile_config
 from dskd.tables import markdown
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import logging
 
-from .config import PROFILES, VARIANTS, ModelConfig, RunConfig, profile_config
+from .config import VARIANTS, ModelConfig, RunConfig
 from .errors import DskdError
+from .profiles import PROFILES, profile_config
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Sequence
 
@@ -92,10 +94,13 @@ def complexity_table(backbones: Sequence[str], variants: Sequence[str], image_si
 
 
 def teacher_weights_available(backbone: str) -> bool:
+    """Whether the teacher's ImageNet weights can be had here; quiet (torch's download notice names a cache folder
+    of this machine, which would land in the executed notebook)."""
     from .backbones import build_teacher
 
     try:
-        build_teacher(backbone, pretrained=True)
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_teacher(backbone, pretrained=True)
     except DskdError:
         return False
     return True

@@ -15,9 +15,10 @@ import sys
 import typing
 from typing import Any
 
-from .config import BY_DATASET, DEVICES, PROFILES, ModelConfig, OptimConfig, RunConfig, profile_config
+from .config import DEVICES, ModelConfig, OptimConfig, RunConfig
 from .deploy import ENGINES, FORMATS
 from .errors import DskdError, os_problem
+from .profiles import BY_DATASET, PROFILES, profile_config
 from .settings import choices_of, flag_type
 
 log = logging.getLogger("dskd")
@@ -148,14 +149,8 @@ def _train(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name, _, _ in setting_fields()}
     overrides.update(category=_default_category(args), lr=args.lr)
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    cfg = profile_config(args.profile, **overrides)
-    if cfg.size_from == "dataset":
-        from .data import get_dataset
-
-        print(f"image size {cfg.image_size} px, {cfg.epochs} epochs: {cfg.dataset}'s own for --profile "
-              f"{args.profile} ({get_dataset(cfg.dataset).quick[2]}); --image-size and --epochs change them",
-              file=sys.stderr)
-    run = fit(cfg, args.out, resume=args.resume, quiet=args.quiet, wait=args.wait)
+    run = fit(profile_config(args.profile, **overrides), args.out, resume=args.resume, quiet=args.quiet,
+              wait=args.wait)
     print(run.path)
 
 
@@ -169,7 +164,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         return
     shown = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
              "image_f1_max": "F1-max (oracle: set on the test labels)", "pixel_f1_max": "pixel F1-max (oracle)",
-             "false_alarm_rate": "false alarms (good flagged)", "recall": "recall", "precision": "precision",
+             "false_alarm_rate": "false alarms (good flagged)", "recall": "recall",
+             "precision_at_threshold": "precision",
              "f1_at_threshold": "F1", "n_test": "test images", "seconds": "seconds"}
     d = result["decision"]
     for key, label in shown.items():

@@ -2,8 +2,8 @@
 
 `ModelConfig` describes the network and its maps, `OptimConfig` one student's optimizer, and `RunConfig` adds the
 data and the training recipe. The command line's flags are generated from these fields (`dskd.cli`), profiles
-are small overrides of them, and a run's identity is the hash of its `RunConfig` (precision included), so
-re-running a notebook finds the run it already trained.
+(`dskd.profiles`) are small overrides of them, and a run's identity is the hash of its `RunConfig` (precision
+included), so re-running a notebook finds the run it already trained.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from .settings import check_choices, setting
 
 N_SCALES = 3  # pyramid levels (strides 4, 8, 16) of every teacher, student, map and loss
 
-VARIANTS = ("dskd", "se_only", "sd_only", "dskd_no_df")
+VARIANTS = ("dskd", "se_only", "sd_only", "dskd_no_df", "dual_se", "dual_sd")
+FORWARD_ONLY, INVERTED_ONLY = ("se_only", "dual_se"), ("sd_only", "dual_sd")  # variants without the other kind
 DF_SOURCES = ("se", "teacher", "both")
 DF_INPUTS = ("raw", "predicted")
 LOSS_KINDS = ("pixel_cosine", "flat_cosine")
@@ -49,7 +50,8 @@ def _datasets() -> list[str]:
 class ModelConfig:
     backbone: str = setting("efficientnet_lite0", "frozen ImageNet teacher", _backbones)
     variant: str = setting("dskd", "dskd, or an ablation: se_only (~STFPM), sd_only (~Reverse Distillation), "
-                                   "dskd_no_df (no DF embedding)", VARIANTS)
+                                   "dskd_no_df (no DF embedding); controls: dual_se, dual_sd (two students of one "
+                                   "structure, fused as dskd)", VARIANTS)
     df_source: str = setting("auto", "what feeds the DF embedding: Se's pyramid (students interact), the teacher's "
                                      "(Reverse Distillation), or both concatenated; auto: teacher for sd_only, else se",
                              ("auto", *DF_SOURCES, "none"))
@@ -74,22 +76,24 @@ class ModelConfig:
             raise DskdError(f"scale_weights needs {N_SCALES} values, got {self.scale_weights!r}")
         if self.sigma < 0 or self.score_topk < 0:
             raise DskdError(f"sigma ({self.sigma}) and score_topk ({self.score_topk}) must not be negative")
-        if (source := self.df_source) == "none" and self.variant != "se_only":
+        if (source := self.df_source) == "none" and self.variant not in FORWARD_ONLY:
             raise DskdError(f"variant '{self.variant}' needs df_source 'auto' or one of {', '.join(DF_SOURCES)}, "
                             "not 'none'")
         if source == "auto":
-            source = "teacher" if self.variant == "sd_only" else "se"
-        if self.variant == "sd_only" and source != "teacher":
-            raise DskdError("variant 'sd_only' has no forward student, so its DF embedding needs df_source='teacher'")
-        if self.variant in ("se_only", "dskd_no_df") and self.df_source in ("teacher", "both"):
+            source = "teacher" if self.variant in INVERTED_ONLY else "se"
+        if self.variant in INVERTED_ONLY and source != "teacher":
+            raise DskdError(f"variant '{self.variant}' has no forward student, so its DF embedding needs "
+                            "df_source='teacher'")
+        if self.variant in (*FORWARD_ONLY, "dskd_no_df") and self.df_source in ("teacher", "both"):
             raise DskdError(f"variant '{self.variant}' has no DF embedding to feed; leave df_source at 'auto'")
-        if self.variant == "se_only":
+        if self.variant in FORWARD_ONLY:
             source = "none"
         return dataclasses.replace(self, df_source=source, scale_weights=tuple(map(float, self.scale_weights)))
 
-    @property  # the students this variant trains
+    @property  # the students this variant trains; the controls' second students are se2 and sd2
     def students(self) -> tuple[str, ...]:
-        return ("se",) if self.variant == "se_only" else ("sd",) if self.variant == "sd_only" else ("se", "sd")
+        return {"se_only": ("se",), "sd_only": ("sd",), "dual_se": ("se", "se2"),
+                "dual_sd": ("sd", "sd2")}.get(self.variant, ("se", "sd"))
 
 
 @dataclass(frozen=True)
@@ -219,31 +223,3 @@ class RunConfig:
         model = dataclasses.replace(self.model, **{k: v for k, v in overrides.items() if k in model_keys})
         return dataclasses.replace(self, model=model, **optims,
                                    **{k: v for k, v in overrides.items() if k in run_keys})
-
-
-BY_DATASET = 0  # a profile's image size or epochs that follow the dataset's kind of image (`DatasetSpec.quick`)
-PROFILES: dict[str, dict[str, Any]] = {
-    # The offline demo: synthetic textures, small images, a few epochs; every table within minutes on a CPU.
-    "demo": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=128, epochs=3, batch_size=8),
-    # Real data on a CPU, offline teacher: chosen across MT Defects, MPDD and bottle by the mean of their available
-    # metrics, one MT run <= 10 min on 2 cores (results/benchmarks/quick_sweep.md, docs/findings.md section 15).
-    # Image size and epochs: each dataset's own (`DatasetSpec.quick`: 128 px tiles, 256 px photographs).
-    "quick": dict(backbone="efficientnet_lite0", image_size=BY_DATASET, epochs=BY_DATASET, batch_size=8),
-    # The paper's teacher; the training recipe is Reverse Distillation's (the DSKD paper's own is not available).
-    "paper": dict(backbone="resnet18", image_size=256, epochs=200, batch_size=16, se_optim=RD_ADAM, sd_optim=RD_ADAM),
-    # For the test suite only: the smallest run that exercises every code path.
-    "test": dict(dataset="synthetic", backbone="efficientnet_lite0", image_size=64, epochs=1, batch_size=8),
-}
-
-
-def profile_config(name: str, **overrides: Any) -> RunConfig:
-    if name not in PROFILES:
-        raise DskdError(f"unknown profile '{name}'; choose one of {', '.join(PROFILES)}")
-    cfg = RunConfig(profile=name).with_overrides(**PROFILES[name]).with_overrides(**overrides)
-    if BY_DATASET in (cfg.image_size, cfg.epochs):
-        from .data import get_dataset
-
-        size, epochs, _ = get_dataset(cfg.dataset).quick
-        cfg = dataclasses.replace(cfg, image_size=cfg.image_size or size, epochs=cfg.epochs or epochs,
-                                  size_from="given" if cfg.image_size else "dataset")
-    return cfg

@@ -89,4 +89,4 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, defect_types: list[str]
     types = np.asarray(defect_types)
     per_type = {t: float(flagged[types == t].mean()) for t in sorted(set(types[bad].tolist()))}
     return {"false_alarm_rate": float(flagged[~bad].mean()) if n_good else None, "recall": recall,
-            "precision": precision, "f1_at_threshold": f1, "per_defect_recall": per_type}
+            "precision_at_threshold": precision, "f1_at_threshold": f1, "per_defect_recall": per_type}

@@ -76,13 +76,15 @@ def calibrate(loaded: LoadedRun, threshold_from: str | Path | None = None, data_
         scores, pixels = _scored(loaded, images, quiet)
         if held_out:
             decision = from_good_images(scores, pixels, cfg.max_false_alarm,
-                                        f"{len(images)} good images held out of training ({images.where})")
+                                        f"{len(images)} good images held out of training "
+                                        f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
         else:
             note = (f"no validation split (val_fraction {cfg.val_fraction}): both thresholds come from the images "
                     "the model was trained on, so expect more false alarms than on held-out images")
             log.warning("decision threshold: %s", note)
             decision = Decision(loaded.image_threshold, false_alarm_threshold(pixels, cfg.max_false_alarm)[0],
-                                "train_mean_plus_3std", f"{len(images)} training images", len(images),
+                                "train_mean_plus_3std", f"{len(images)} training images "
+                                f"({cfg.dataset}/{cfg.category})", len(images),
                                 cfg.max_false_alarm, None, note)
     write_json(loaded.run.decision_file, decision.to_dict())
     return decision

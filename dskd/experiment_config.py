@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, RunConfig, profile_config
+from .config import RunConfig
 from .errors import DskdError
+from .profiles import PROFILES, profile_config
 from .run_task import ExecutorConfig
 from .settings import choices_of, flag_type, setting
 

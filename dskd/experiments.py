@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from .claims import CLAIM_METHODS
 from .config import RunConfig
 from .data import categories as present_categories
 from .data import get_dataset
@@ -101,6 +102,23 @@ def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str,
             "run": outcome.path, "wall_seconds": round((time.perf_counter() - t0) / max(1, len(grid)), 1),
         })
     return pd.DataFrame(rows)
+
+
+LEDGER_DATASETS = ("mvtec_ad", "mvtec3d", "mt_defects", "mpdd")  # the real benchmarks a profile's ledger reads
+
+
+def claims_runs(config: ExperimentConfig, quiet: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The runs behind the claims ledger (`dskd.claims`): every method it compares on every benchmark the profile
+    reaches (the synthetic textures alone under stand-in profiles), cached runs reused and missing ones trained;
+    and, per dataset, what produced them."""
+    frames, described = [], {}
+    for dataset in ("synthetic",) if config.rules().stand_in else LEDGER_DATASETS:
+        exp = experiment(dataset=dataset, config=config)
+        runs = pd.DataFrame() if exp.skipped else run_grid(exp, CLAIM_METHODS, quiet=quiet)
+        if not runs.empty:
+            frames.append(runs.assign(dataset=dataset))
+            described[dataset] = exp.describe()
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), described
 
 
 def record_plan(plan: Path, configs: list[RunConfig], runs_root: Path) -> None:

@@ -39,7 +39,8 @@ from .runs import LoadedRun, load_run
 log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 OPSET = 18
-STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed")  # InferenceGraph's module paths of what --int8 quantizes
+# InferenceGraph's module paths of what --int8 quantizes (a variant holds some of them)
+STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed", "model.se2", "model.sd2", "model.embed2")
 
 
 class InferenceGraph(nn.Module):
@@ -116,7 +117,8 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     size = image_size or loaded.run.config.image_size
     target = Path(out) if out else loaded.run.path / f"model{'_int8' if int8 else ''}{SUFFIX[fmt]}"
     meta = metadata(loaded, size, batch)
-    calibration, quantized = None, STUDENT_NETWORKS + (("model.teacher",) if int8_teacher else ())
+    present = tuple(m for m in STUDENT_NETWORKS if getattr(loaded.model, m.removeprefix("model.")) is not None)
+    calibration, quantized = None, present + (("model.teacher",) if int8_teacher else ())
     if int8:
         calibration = training_images(loaded, size, calibration_images)
         meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)",

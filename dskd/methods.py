@@ -24,6 +24,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("se_only", {"variant": "se_only"}, "the forward student alone (~STFPM)"),
     Method("sd_only", {"variant": "sd_only"}, "the inverted student alone (~Reverse Distillation)"),
     Method("dskd_no_df", {"variant": "dskd_no_df"}, "dual students without the DF embedding"),
+    Method("dual_se", {"variant": "dual_se"}, "control: two forward students (two initializations), fused as dskd"),
+    Method("dual_sd", {"variant": "dual_sd"}, "control: two inverted students, each with its own DF embedding of the "
+                                              "teacher, fused as dskd"),
     Method("dskd_df_teacher", {"variant": "dskd", "df_source": "teacher"}, "the DF embedding reads the teacher"),
     Method("dskd_df_both", {"variant": "dskd", "df_source": "both"}, "the DF embedding reads teacher and Se"),
     Method("dskd_df_detach", {"variant": "dskd", "df_detach": True}, "Sd reads Se without training it"),
@@ -36,7 +39,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 # The rows of the paper's tables and of the benchmarks.
 TABLE_METHODS = ("dskd", "se_only", "sd_only")
-ABLATION_STUDENTS = ("se_only", "sd_only", "dskd_no_df", "dskd")
+# dual_se and dual_sd tell an ensemble of two students from the inversion (docs/claims: claim 2).
+ABLATION_STUDENTS = ("se_only", "sd_only", "dskd_no_df", "dual_se", "dual_sd", "dskd")
 ABLATION_DF = ("dskd", "dskd_df_teacher", "dskd_no_df")
 
 

@@ -41,6 +41,7 @@ class DSKD(nn.Module):
         self.teacher = build_teacher(cfg.backbone, pretrained)
         tc = self.teacher.channels
         self.se = ForwardStudent(tc) if "se" in cfg.students else None
+        self.se2 = ForwardStudent(tc) if "se2" in cfg.students else None  # dual_se's second forward student
         self.embed: nn.Module | None = None
         self.sd = None
         if "sd" in cfg.students:
@@ -49,6 +50,9 @@ class DSKD(nn.Module):
                                "both": tuple(t + s for t, s in zip(tc, se_channels, strict=True))}[cfg.df_source]
             self.embed = PlainBridge(source_channels) if cfg.variant == "dskd_no_df" else DFEmbedding(source_channels)
             self.sd = InvertedStudent(tc)
+        # dual_sd's second inverted student, wired as the first: its own DF embedding of the teacher's pyramid
+        self.embed2 = DFEmbedding(tc) if "sd2" in cfg.students else None
+        self.sd2 = InvertedStudent(tc) if "sd2" in cfg.students else None
         # Per student and scale: (location, spread) applied to the maps before fusion; identity until fitted.
         norm = torch.zeros(len(cfg.students), 2, N_SCALES)
         norm[:, 1] = 1.0
@@ -77,7 +81,8 @@ class DSKD(nn.Module):
 
     def student_parameters(self, name: str) -> list[nn.Parameter]:
         """Se's own weights, or Sd's together with the embedding that feeds it (they train as one)."""
-        modules = [self.se] if name == "se" else [self.embed, self.sd]
+        modules = {"se": [self.se], "se2": [self.se2], "sd": [self.embed, self.sd],
+                   "sd2": [self.embed2, self.sd2]}[name]
         return [p for m in modules if m is not None for p in m.parameters()]
 
     def forward(self, images: torch.Tensor) -> tuple[Pyramid, dict[str, Pyramid]]:
@@ -91,8 +96,12 @@ class DSKD(nn.Module):
         se_raw: Pyramid | None = None
         if self.se is not None:
             se_raw, out["se"] = self.se(x)
+        if self.se2 is not None:
+            out["se2"] = self.se2(x)[1]
         if self.sd is not None:
             out["sd"] = self.sd(self.embed(self.df_embedding_input(teacher, se_raw, out.get("se"))))
+        if self.sd2 is not None:
+            out["sd2"] = self.sd2(self.embed2(teacher))
         return teacher, out
 
     def df_embedding_input(self, teacher: Pyramid, se_raw: Pyramid | None, se_pred: Pyramid | None) -> Pyramid:
@@ -113,7 +122,7 @@ class DSKD(nn.Module):
     def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         teacher, students = self(images)
         cfg = self.config
-        weights = {"se": cfg.se_weight, "sd": cfg.sd_weight}
+        weights = {name: cfg.se_weight if name.startswith("se") else cfg.sd_weight for name in students}
         losses = {name: pyramid_loss(teacher, feats, cfg.scale_weights, cfg.loss) for name, feats in students.items()}
         losses["total"] = sum(weights[n] * v for n, v in losses.items())
         return losses

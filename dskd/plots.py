@@ -160,8 +160,8 @@ def training_figure(runs: pd.DataFrame, exp: Experiment | None = None):
     frames = []
     for _, r in runs.iterrows():
         log = pd.read_csv(Path(r["run"]) / "train_log.csv")
-        for student in ("se", "sd"):
-            if f"loss_{student}" in log and log[f"loss_{student}"].notna().any():
+        for student in [c.removeprefix("loss_") for c in log if c.startswith("loss_") and c != "loss_total"]:
+            if log[f"loss_{student}"].notna().any():
                 frames.append(pd.DataFrame({"epoch": log["epoch"], "loss": log[f"loss_{student}"],
                                             "method": r["method"], "student": student.capitalize()}))
     data = pd.concat(frames, ignore_index=True)

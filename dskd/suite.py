@@ -1,7 +1,7 @@
 """What the notebooks call, in one namespace: experiments, tables, figures, charts, ablations and saved maps.
 
-Each piece lives in its own module (`experiments`, `tables`, `figures`, `plots`, `ablations`, `archive`); a notebook
-imports this one and calls two or three of these functions.
+Each piece lives in its own module (`experiments`, `tables`, `figures`, `plots`, `ablations`, `claims`, `archive`); a
+notebook imports this one and calls two or three of these functions.
 """
 
 from __future__ import annotations
@@ -9,30 +9,32 @@ from __future__ import annotations
 from .ablations import SCALE_SUBSETS, complexity_table, multiscale_ablation, refuse, teacher_weights_available
 from .archive import SavedMaps
 from .archive import load as load_maps
+from .claims import CLAIMS, claims_summary, claims_tables, ledger
 from .evaluation import evaluate_once
 from .experiment_config import Experiment, ExperimentConfig, from_parameters
-from .experiments import experiment, run_grid
+from .experiments import claims_runs, experiment, run_grid
 from .figures import pick_samples, qualitative_figure, save_figure, show_samples
 from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
 from .plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure
 from .tables import (
-                     AT_THRESHOLD,
-                     METRICS,
-                     benchmark_table,
-                     decision_table,
-                     markdown,
-                     method_table,
-                     per_defect_table,
-                     reference,
-                     save_table,
-                     summarize,
+    AT_THRESHOLD,
+    METRICS,
+    benchmark_table,
+    decision_table,
+    markdown,
+    method_table,
+    per_defect_table,
+    reference,
+    save_table,
+    summarize,
 )
 
 __all__ = [
-    "ABLATION_DF", "ABLATION_STUDENTS", "AT_THRESHOLD", "METHODS", "METRICS", "SCALE_SUBSETS", "TABLE_METHODS",
-    "Experiment", "ExperimentConfig", "from_parameters", "SavedMaps", "bars_figure", "benchmark_table",
-    "complexity_table", "cost_figure", "curves_figure", "decision_table", "evaluate_once", "experiment", "load_maps",
-    "markdown", "method_bars", "method_table", "multiscale_ablation", "multiscale_bars", "per_defect_table",
-    "pick_samples", "qualitative_figure", "reference", "refuse", "run_grid", "save_figure", "save_table",
-    "show_samples", "summarize", "teacher_weights_available", "training_figure",
+    "ABLATION_DF", "ABLATION_STUDENTS", "AT_THRESHOLD", "CLAIMS", "METHODS", "METRICS", "SCALE_SUBSETS",
+    "TABLE_METHODS", "Experiment", "ExperimentConfig", "SavedMaps", "bars_figure", "benchmark_table", "claims_runs",
+    "claims_summary", "claims_tables", "complexity_table", "cost_figure", "curves_figure", "decision_table",
+    "evaluate_once", "experiment", "from_parameters", "ledger", "load_maps", "markdown", "method_bars", "method_table",
+    "multiscale_ablation", "multiscale_bars", "per_defect_table", "pick_samples", "qualitative_figure", "reference",
+    "refuse", "run_grid", "save_figure", "save_table", "show_samples", "summarize", "teacher_weights_available",
+    "training_figure",
 ]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .batches import preload, to_input, valid_tensor
 from .config import OptimConfig, RunConfig
-from .data import load_dataset
+from .data import get_dataset, load_dataset
 from .errors import DskdError
 from .evaluation import calibrate
 from .files import atomic_write, write_json, write_text
@@ -136,7 +136,7 @@ class _Training:
 def _start(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool) -> _Training:
     torch.manual_seed(cfg.seed)
     model = DSKD(cfg.model, pretrained=True).to(device)
-    recipes = {name: cfg.se_optim if name == "se" else cfg.sd_optim for name in model.students}
+    recipes = {name: cfg.se_optim if name.startswith("se") else cfg.sd_optim for name in model.students}
     optims = {name: _optimizer(model.student_parameters(name), recipe) for name, recipe in recipes.items()}
     state = _Training(model, recipes, optims, torch.amp.GradScaler(device.type, enabled=cfg.precision == "float16"))
     if resume and run.checkpoint.is_file():
@@ -154,6 +154,9 @@ def _train(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quie
                              split_file=cfg.split_file, fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction,
                              seed=cfg.seed)
     images, _ = preload(train_set, desc="loading training images", quiet=quiet)
+    if cfg.size_from == "dataset":
+        log.info("image size %d px, %d epochs: %s's own under the %s profile (%s); --image-size and --epochs change "
+                 "them", cfg.image_size, cfg.epochs, cfg.dataset, cfg.profile, get_dataset(cfg.dataset).quick[2])
     info = provenance(cfg, device, files_fingerprint([s.path for s in train_set.samples], Path(cfg.data_root)),
                       len(train_set))
     state = _start(cfg, run, device, resume)

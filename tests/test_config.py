@@ -39,7 +39,7 @@ def test_train_parser_has_a_flag_for_every_setting():
     assert wanted <= set(dests), sorted(wanted - set(dests))
     assert set(dests["student_fusion"].choices) == {"sum", "mean", "max"}
     assert set(dests["precision"].choices) == {"auto", "float32", "bfloat16", "float16"}
-    from dskd.config import PROFILES
+    from dskd.profiles import PROFILES
 
     assert "quick: each dataset's own: mvtec_ad 256, mvtec3d 256, mt_defects 128" in dests["image_size"].help
     assert f"test: {PROFILES['test']['image_size']}" in build_parser("test")._subparsers._group_actions[0].choices[
@@ -49,7 +49,7 @@ def test_train_parser_has_a_flag_for_every_setting():
 
 def test_flags_reach_the_run_config():
     from dskd.cli import build_parser, setting_fields
-    from dskd.config import profile_config
+    from dskd.profiles import profile_config
 
     args = build_parser().parse_args(["train", "--out", "x", "--score-topk", "5", "--student-fusion", "max",
                                       "--scale-weights", "1", "2", "3", "--se-optim-lr", "0.1", "--no-recalibrate-bn",
@@ -63,7 +63,7 @@ def test_flags_reach_the_run_config():
 
 
 def test_precision_is_part_of_a_runs_identity():
-    from dskd.config import profile_config
+    from dskd.profiles import profile_config
 
     base = profile_config("test")
     assert base.with_device("cpu").precision == "float32"
@@ -77,7 +77,7 @@ def test_precision_is_part_of_a_runs_identity():
 
 
 def test_settings_are_validated_with_one_line_errors():
-    from dskd.config import profile_config
+    from dskd.profiles import profile_config
 
     for bad, words in ((dict(student_fusion="median"), "student_fusion"), (dict(sigma=-1), "sigma"),
                        (dict(scale_weights=(1.0, 1.0)), "scale_weights"), (dict(se_optim_name="rmsprop"), "name"),

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from dskd.config import profile_config
 from dskd.data import VAL_MIN, load_dataset
 from dskd.decision import at_threshold, false_alarm_threshold, from_good_images
 from dskd.evaluation import evaluate
+from dskd.profiles import profile_config
 from dskd.training import fit
 
 
@@ -48,10 +48,11 @@ def test_numbers_at_the_threshold():
     types = ["good"] * 4 + ["crack", "crack", "hole"]
     got = at_threshold(labels, scores, types, 0.5)
     assert got["false_alarm_rate"] == 0.25 and got["recall"] == pytest.approx(2 / 3)
-    assert got["precision"] == pytest.approx(2 / 3) and got["f1_at_threshold"] == pytest.approx(2 / 3)
+    assert got["precision_at_threshold"] == pytest.approx(2 / 3) and got["f1_at_threshold"] == pytest.approx(2 / 3)
     assert got["per_defect_recall"] == {"crack": 0.5, "hole": 1.0}
     good_only = at_threshold(labels[:4], scores[:4], types[:4], 0.5)
-    assert good_only["false_alarm_rate"] == 0.25 and good_only["recall"] is None and good_only["precision"] is None
+    assert good_only["false_alarm_rate"] == 0.25 and good_only["recall"] is None
+    assert good_only["precision_at_threshold"] is None
     assert at_threshold(labels[4:], scores[4:], types[4:], 0.5)["false_alarm_rate"] is None
 
 
@@ -97,3 +98,4 @@ def test_permuting_the_test_labels_leaves_the_deployed_threshold_unchanged(data_
     assert kept(shuffled["decision"]) == kept(truth["decision"]) == kept(decision)
     assert shuffled["image_auroc"] != truth["image_auroc"] and shuffled["recall"] != truth["recall"]
     assert truth["image_f1_max"] is not None and truth["false_alarm_rate"] is not None
+    assert truth["precision"] == "float32" and 0 <= truth["precision_at_threshold"] <= 1  # two keys, two meanings

@@ -170,7 +170,7 @@ def test_a_second_trainer_on_the_same_folder_is_told_it_is_busy(tmp_path, data_r
 FULL_DISK = """
 import errno, sys, torch
 import dskd.training as training
-from dskd.config import profile_config
+from dskd.profiles import profile_config
 real, calls = torch.save, [0]
 def save(obj, f, *a, **k):
     calls[0] += 1

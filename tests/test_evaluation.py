@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import dskd
-from dskd.config import profile_config
 from dskd.evaluation import evaluate
+from dskd.profiles import profile_config
 from dskd.training import fit
 
 from .conftest import needs_bottle

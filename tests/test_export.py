@@ -2,6 +2,7 @@
 OpenVINO, on real images (MT Defects, MPDD), at batch 1 and at a dynamic batch; and predict runs from the file."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def test_pad_mode_and_a_fixed_batch_agree_in_every_engine(tmp_path):
 @pytest.mark.slow
 def test_export_and_predict_through_the_command_line_in_every_engine(data_root, tmp_path):
     from dskd import evaluate, fit
-    from dskd.config import profile_config
+    from dskd.profiles import profile_config
 
     run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
     metrics = evaluate(run, device="cpu")
@@ -115,6 +116,10 @@ def test_export_and_predict_through_the_command_line_in_every_engine(data_root, 
             assert float(b["threshold"]) == metrics["decision_threshold"]
             if abs(float(a["score"]) - metrics["decision_threshold"]) > 1e-4:  # engines agree to 1e-4
                 assert a["decision"] == b["decision"]
+    meta = onnxruntime_predictor(onnx_path)
+    decision = json.loads((run.path / "decision.json").read_text())
+    assert (meta.threshold, meta.pixel_threshold, meta.threshold_rule) == (
+        decision["threshold"], decision["pixel_threshold"], "val_false_alarm")
     overlay = Image.open(results["openvino"][0]["overlay"])
     assert overlay.size == Image.open(results["openvino"][0]["path"]).size  # the image's own size
 
@@ -125,8 +130,8 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
     import openvino as ov
 
     from dskd import fit
-    from dskd.config import profile_config
     from dskd.export import STUDENT_NETWORKS, InferenceGraph, _onnx_proto, network_nodes
+    from dskd.profiles import profile_config
     from dskd.runs import load_run
 
     # all 60 training images: the toy run whose INT8 maps this test has followed since it was written
@@ -184,6 +189,11 @@ def test_overlay_is_drawn_at_the_images_own_size_with_the_region_outlined():
         assert picture.shape == (90, 150, 3)
         outlined = np.all(picture == overlay.OUTLINE, axis=-1)
         assert outlined.sum() > 20 and not outlined[75:, :].any()  # around the hot region only (rows 16 to 64)
+    warm = amap.copy()
+    warm[50:60, 0:10] = 0.5  # below the image threshold, above the pixel threshold
+    outlined = np.all(np.asarray(overlay.render(image, warm, "stretch", 1.0, 0.9, pixel_threshold=0.4))
+                      == overlay.OUTLINE, axis=-1)
+    assert outlined[65:, :25].any() and outlined[20:65, 40:80].any()  # both regions outlined; the image 'good'
     full = overlay.map_to_image(amap, 150, 90, "pad")
     assert full.shape == (90, 150) and full.max() == pytest.approx(2.0, abs=1e-3)
 
@@ -204,7 +214,7 @@ def test_predict_from_an_exported_model_in_a_venv_without_torch(tmp_path, data_r
     import tomllib
 
     from dskd import fit
-    from dskd.config import profile_config
+    from dskd.profiles import profile_config
 
     run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
     model = export(run.path, "onnx", tmp_path / "line" / "model.onnx")

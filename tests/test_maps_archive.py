@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 
 from dskd import DskdError, archive, suite
-from dskd.config import ModelConfig, profile_config
+from dskd.config import ModelConfig
 from dskd.evaluation import evaluate
 from dskd.methods import METHODS
 from dskd.metrics import all_metrics
+from dskd.profiles import profile_config
 from dskd.training import fit
 
 
@@ -26,12 +27,14 @@ def _tiny(n=4, s=32, masks=True, students=("se", "sd")):
 @pytest.mark.parametrize("masks", [True, False])
 def test_archive_round_trip(tmp_path, masks):
     saved = _tiny(masks=masks)
+    saved.pixel_threshold = 0.125 if masks else None
     archive.save(tmp_path / "maps.npz", saved)
     back = archive.load(tmp_path)  # a run folder finds its maps.npz
     assert back.fusion == {"scale_fusion": "sum", "student_fusion": "max", "sigma": 2.0, "score_topk": 0,
                            "map_norm": "zscore"}
     assert back.students == ["se", "sd"] and back.paths == saved.paths and back.threshold == 0.25
     assert (back.masks is None) == (not masks) and back.valid is None
+    assert back.pixel_threshold == saved.pixel_threshold  # the deployed outline's, or None when not recorded
     np.testing.assert_array_equal(back.per_scale["sd"][2], saved.per_scale["sd"][2])
     np.testing.assert_array_equal(back.maps, saved.maps)
     assert archive.version(tmp_path / "maps.npz") == archive.VERSION

@@ -1,11 +1,13 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dskd import archive, experiment_config, notebook_exec, runall
@@ -29,6 +31,20 @@ def test_notebooks_committed_clean_with_parameters_cell():
             assert f"{name} =" in "".join(params[0]["source"]), (path.name, name)
 
 
+ABSOLUTE = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|mnt|scratch|private)/")
+
+
+def test_committed_results_name_no_machines_folders():
+    """Executed notebooks, tables and notes under results/ record paths relative to the repository or as the user
+    named them, never where one machine keeps its files."""
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    texts = [REPO / p for p in tracked if p.endswith((".ipynb", ".md", ".csv", ".json"))]
+    assert len(texts) > 50
+    found = {str(p.relative_to(REPO)): m.group(0) for p in texts if (m := ABSOLUTE.search(p.read_text()))}
+    assert not found, found
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_every_notebook_executes_under_the_test_profile(tmp_path):
@@ -37,7 +53,12 @@ def test_every_notebook_executes_under_the_test_profile(tmp_path):
     tables = {p.stem for p in (tmp_path / "tables").glob("*.csv")}
     assert {"table_mvtec_ad", "table_mvtec3d_rgb", "table_mt_defects", "table_mt_defects_per_defect",
             "ablation_students", "ablation_df_embedding", "ablation_multiscale", "backbones_complexity",
-            "backbones_accuracy"} <= tables
+            "backbones_accuracy", "decisions_mvtec_ad", "decisions_mt_defects", "claims", "claims_summary"} <= tables
+    claims = (tmp_path / "tables" / "claims.md").read_text()
+    assert "synthetic textures" in claims and "none is the paper's" in claims
+    verdicts = set(pd.read_csv(tmp_path / "tables" / "claims.csv")["verdict"])
+    assert verdicts == {"inconclusive"}  # one seed: no spread, so nothing is more than inconclusive
+    assert "false_alarm_rate / dskd" in (tmp_path / "tables" / "decisions_mvtec_ad.md").read_text()
     for name in tables:
         assert (tmp_path / "tables" / f"{name}.md").is_file()
     md = (tmp_path / "tables" / "table_mvtec_ad.md").read_text()
@@ -80,6 +101,16 @@ def fake_run(tmp_path):
     run = tmp_path / "run"
     archive.save(run / "maps.npz", saved)
     return run
+
+
+def test_explorer_starts_at_the_runs_deployed_pixel_threshold(fake_run):
+    saved = archive.load(fake_run)
+    saved.pixel_threshold = 0.75
+    archive.save(fake_run / "maps.npz", saved)
+    ex = MapExplorer({"fake": fake_run})
+    assert ex.threshold == pytest.approx(0.75)  # the overlay's outline, not the image threshold (0.5)
+    ex.set_view("student sd")
+    assert ex.threshold == pytest.approx(np.percentile(ex.current_map(), 99))
 
 
 def test_explorer_callbacks_and_iou(fake_run):
@@ -237,7 +268,7 @@ def test_every_notebook_declares_the_generated_parameters_and_resolves_them_in_o
         params = next(c for c in code if "parameters" in c.get("metadata", {}).get("tags", []))
         assert "".join(params["source"]) == cell, f"{path.name}: regenerate its parameters cell"
         body = "".join("".join(c["source"]) for c in code if c is not params)
-        assert "suite.experiment(" in body and "profile=profile" not in body, path.name
+        assert "suite.from_parameters(globals())" in body and "profile=profile" not in body, path.name
 
 
 def test_a_new_parameter_is_one_field(monkeypatch, capsys):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from dskd.config import profile_config
 from dskd.executors import execute
 from dskd.methods import METHODS
+from dskd.profiles import profile_config
 from dskd.run_task import ExecutorConfig
 
 from .conftest import REPO
@@ -134,7 +134,7 @@ def test_the_local_path_needs_no_ray(tmp_path, data_root):
     code = f"""
 import sys
 sys.modules["ray"] = None  # as if Ray were not installed
-from dskd.config import profile_config
+from dskd.profiles import profile_config
 from dskd.errors import DskdError
 from dskd.executors import execute
 from dskd.run_task import ExecutorConfig
@@ -152,16 +152,17 @@ except DskdError as exc:
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
 def test_run_all_plans_the_union_of_runs_then_trains_it_once_on_ray(tmp_path):
-    """Notebooks 10 and 20 share three of their four methods: the planning pass finds 4 distinct runs, Ray trains
-    them (a local cluster, inside a network namespace), and the notebooks then find every run cached."""
+    """Notebooks 10 and 20 share three methods: the planning pass finds the union, 6 distinct runs, Ray trains them
+    (a local cluster, inside a network namespace), and the notebooks then find every run cached."""
     out = tmp_path / "results"
     script = (f"ip link set lo up; export RAY_USAGE_STATS_ENABLED=0; {sys.executable} -m dskd.runall --profile test "
               f"--executor ray --only 10 20 --out {out}")
     r = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "planned 4 distinct run(s) for 2 notebook(s)" in r.stdout and "4 run(s) done, 0 failed" in r.stdout
+    # notebook 10's three methods are among notebook 20's six (the ablation of the students): six runs, not nine
+    assert "planned 6 distinct run(s) for 2 notebook(s)" in r.stdout and "6 run(s) done, 0 failed" in r.stdout
     runs = [p for p in (out / "runs").iterdir() if p.is_dir()]
-    assert len(runs) == 4 and all((p / "maps.npz").is_file() and (p / "run.log").is_file() for p in runs)
+    assert len(runs) == 6 and all((p / "maps.npz").is_file() and (p / "run.log").is_file() for p in runs)
     for p in runs:  # trained once, by Ray: the notebooks' pass found each finished and used it
         log = (p / "run.log").read_text()
         assert "already trained; using it" in log and "resuming" not in log

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dskd
-from dskd.config import profile_config
+from dskd.profiles import profile_config
 from dskd.training import fit
 
 from .conftest import REPO
@@ -57,7 +57,7 @@ def test_finished_run_is_cached(data_root, tmp_path):
 KILL_DURING_SAVE = """
 import os, sys, torch
 import dskd.training as engine
-from dskd.config import profile_config
+from dskd.profiles import profile_config
 calls = 0
 real_save = torch.save
 def dying_save(obj, f, *a, **k):

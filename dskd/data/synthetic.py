@@ -114,9 +114,9 @@ def ensure_synthetic(root: Path | str, categories: tuple[str, ...] = CATEGORIES,
         if target.is_dir() and stamp.is_file() and stamp.read_text() == f"{GENERATOR_VERSION} {seed}":
             continue
         if target.is_dir():
-            log.info("synthetic category '%s' under %s is stale; regenerating it", category, root)
+            log.info("synthetic category '%s' under %s is stale; regenerating it", category, _shown(root))
             shutil.rmtree(target)
-        log.info("generating synthetic category '%s' under %s", category, root)
+        log.info("generating synthetic category '%s' under %s", category, _shown(root))
         tmp = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=root))
         try:
             _write_category(tmp, category, seed)
@@ -128,3 +128,10 @@ def ensure_synthetic(root: Path | str, categories: tuple[str, ...] = CATEGORIES,
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _shown(folder: Path) -> str:
+    """A folder as a log line names it: relative to the working directory when it lies near it (a notebook's log,
+    kept with its results, then names no machine's folders), else as it is."""
+    rel = os.path.relpath(folder)
+    return rel if not rel.startswith(("../../", "..\\..")) else str(folder)
