@@ -85,3 +85,34 @@ def test_settings_are_validated_with_one_line_errors():
         with pytest.raises(DskdError) as e:
             profile_config("test", **bad).validate()
         assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_quick_takes_each_kind_of_datas_own_image_size_and_says_so(tmp_path):
+    """MT Defects' small tiles at 128 px, photographs (and a user's own folder) at 256; a given size wins and the
+    run records which applied; training says so on the command line."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from dskd.profiles import profile_config
+
+    from .conftest import REPO
+
+    mt, own = profile_config("quick", dataset="mt_defects"), profile_config("quick", dataset="folder")
+    assert (mt.image_size, mt.epochs, own.image_size, own.epochs, own.size_from) == (128, 21, 256, 10, "dataset")
+    given = profile_config("quick", dataset="folder", image_size=128)
+    assert (given.image_size, given.size_from) == (128, "given") and given.fingerprint() != own.fingerprint()
+    good = tmp_path / "parts" / "washer" / "good"
+    good.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(90, 130, (40, 40, 3), dtype=np.uint8)).save(good / f"{i}.png")
+    r = subprocess.run([sys.executable, "-m", "dskd", "train", "--dataset", "folder", "--category", "washer",
+                        "--data-root", str(tmp_path / "parts"), "--epochs", "1", "--out", str(tmp_path / "run"),
+                        "--quiet", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "image size 256 px, 1 epochs: folder's own under the quick profile" in r.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (config["image_size"], config["size_from"]) == (256, "dataset")

@@ -46,6 +46,16 @@ def test_modules_and_functions_stay_small():
     assert not too_long, too_long
 
 
+def test_the_module_map_names_every_module_and_only_modules():
+    """docs/architecture.md's map of modules is checked against the package: a module added, renamed or removed
+    without its row fails here."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    table = text[text.index("## Map of modules"):].split("\n## ")[0]
+    named = {name for row in table.splitlines() if row.startswith("| ") for name in re.findall(r"`([\w/]+\.py)`", row)}
+    present = {str(p.relative_to(REPO / "dskd")) for p in (REPO / "dskd").rglob("*.py")}
+    assert named == present, (sorted(present - named), sorted(named - present))
+
+
 def _imports(path, package: str) -> set[str]:
     """The project modules a file imports, at its top or inside a function (both can close a cycle at run time)."""
     import ast
