@@ -90,6 +90,25 @@ def test_accuracy_table_takes_the_median_time_and_compares_dskd_with_the_better_
     assert "| mvtec_ad / mvtec_ad / dskd | 3 | 96.0 ± 0.0 | — | — | 8.0 |" in text
 
 
+def test_the_benchmark_writes_its_runs_and_the_claims_ledger_read_from_them(tmp_path):
+    """Runs without saved maps at hand: the per-run table, and a ledger whose dual-student rows read it."""
+    from benchmarks.accuracy import write_claims
+
+    rows = [{"dataset": "mpdd", "category": "metal_plate", "method": method, "seed": seed, "image_auroc": value,
+             "pixel_auroc": value, "aupro": value, "false_alarm_rate": 0.1, "recall": 0.9, "f1_at_threshold": 0.9,
+             "image_f1_max": 0.95, "train_minutes": 1.0, "run": str(tmp_path / "absent")}
+            for seed in (0, 1, 2) for method, value in (("dskd", 0.95 + seed / 1000), ("se_only", 0.90),
+                                                          ("sd_only", 0.92))]
+    write_claims(tmp_path, "acc", pd.DataFrame(rows), {"mpdd": "MPDD at quick"})
+    runs = pd.read_csv(tmp_path / "acc_runs.csv")
+    assert len(runs) == 9 and "run" not in runs  # no machine's folders in a committed table
+    ledger = pd.read_csv(tmp_path / "acc_claims.csv").set_index(["claim", "metric"])
+    assert ledger.loc[("dual_vs_single", "aupro"), "verdict"] == "holds"
+    assert ledger.loc[("dual_vs_single", "aupro"), "against"] == "sd_only"
+    assert ledger.loc[("pyramid", "aupro"), "verdict"] == "no evidence"  # no saved maps to re-fuse
+    assert "MPDD at quick" in (tmp_path / "acc_claims.md").read_text()
+
+
 def test_ceiling_counts_the_flops_torch_counts_and_charges_them_at_the_chain_rate(monkeypatch):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
