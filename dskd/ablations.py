@@ -99,7 +99,7 @@ def teacher_weights_available(backbone: str) -> bool:
     from .backbones import build_teacher
 
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             build_teacher(backbone, pretrained=True)
     except DskdError:
         return False

@@ -78,10 +78,14 @@ def decision_table(exp: Experiment, runs: pd.DataFrame) -> tuple[pd.DataFrame, s
     counts = pd.to_numeric(runs["decision_images"])
     targets = ", ".join(f"{t:.0%}" for t in sorted(set(runs["target_false_alarm"].dropna())))
     note = (f"Decisions at each run's deployed threshold, set without test labels ({rules}; target false-alarm rate "
-            f"{targets or '—'}; {counts.min()}–{counts.max()} images per run): false_alarm_rate is the share of the "
-            "test's good images flagged, recall that of its defective images, f1_at_threshold their F1. "
+            f"{targets or '—'}; {_span(counts.min(), counts.max())} images per run): false_alarm_rate is the share "
+            "of the test's good images flagged, recall that of its defective images, f1_at_threshold their F1. "
             "image_f1_max is the oracle F1-max, its threshold fitted on the test labels: a reference, not a result.")
     return benchmark_table(exp, runs, AT_THRESHOLD), note
+
+
+def _span(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}–{high}"
 
 
 def _skipped(exp: Experiment | None) -> pd.DataFrame:
