@@ -3,10 +3,12 @@
     python -m benchmarks.accuracy --data-root ../shared/data
 
 Datasets: MT Defects (DifferNet's training list when it lies beside the data), MPDD and MVTec AD, each with
-whatever categories the data root holds (here: MPDD metal_plate, MVTec AD bottle without masks). Configurations:
-dskd, se_only, sd_only, dskd_no_df; `quick` profile; seeds 0 1 2. Runs are cached under results/quick/runs/
-(shared with `./run_all.sh --profile quick`), so an interrupted benchmark continues where it stopped, and a call with
-one seed first and more seeds later only trains what is new. Writes results/benchmarks/accuracy_real.csv and .md.
+whatever categories the data root holds (here: MPDD metal_plate, MVTec AD bottle with its masks). Configurations:
+dskd, se_only, sd_only, dskd_no_df (`--configs` adds the controls dual_se, dual_sd); `quick` profile; seeds 0 1 2.
+Runs are cached under results/quick/runs/ (shared with `./run_all.sh --profile quick`), so an interrupted benchmark
+continues where it stopped, and a call with one seed first and more seeds later only trains what is new. Writes
+results/benchmarks/accuracy_real.csv and .md (threshold-free metrics, then the decisions at each run's deployed
+threshold), accuracy_real_runs.csv (every run) and accuracy_real_claims.csv and .md (the claims ledger).
 """
 
 from __future__ import annotations
