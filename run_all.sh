@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/ensure_venv.sh
 source scripts/ensure_venv.sh
-exec .venv/bin/python -m dskd.runall "$@"
+exec .venv/bin/python -m dskd.repro.runall "$@"

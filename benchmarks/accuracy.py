@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from dskd.model.config import MAP_NORMS
 
-from dskd import claims, suite
-from dskd.config import FIT_MODES, MAP_NORMS, PRECISIONS
-from dskd.files import atomic_write, write_text
-from dskd.methods import METHODS
-from dskd.run_task import run_folder
-from dskd.tables import ABSENT
+from dskd import suite
+from dskd.atomic import atomic_write, write_text
+from dskd.repro import claims
+from dskd.repro.tables import ABSENT
+from dskd.repro.task import run_folder
+from dskd.run.config import FIT_MODES, PRECISIONS
+from dskd.run.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("dskd", "se_only", "sd_only", "dskd_no_df")
@@ -143,7 +145,7 @@ def write_claims(target: Path, name: str, runs: pd.DataFrame, described: dict[st
     write_text(target / f"{name}_claims.md", "\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -162,43 +164,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="a line for the table's header (e.g. which runs shared the CPU)")
     p.add_argument("--only-cached", action="store_true",
                    help="train nothing: per dataset, tabulate the seeds whose runs of every configuration exist")
-    args = p.parse_args(argv)
+    return p
 
-    out, t0 = Path(args.out), time.perf_counter()
-    all_runs, described = [], {}
-    for dataset in args.datasets:
-        exp = suite.experiment(dataset=dataset, profile=args.profile, data_root=args.data_root, seeds=args.seeds,
-                               out_dir=out, image_size=args.image_size, epochs=args.epochs, fit_mode=args.fit_mode,
-                               map_norm=args.map_norm, precision=args.precision,
-                               split_file=args.split_file if dataset == "mt_defects" else None,
-                               runs_root=args.runs_root or out / args.profile / "runs")
-        if exp.stand_in:
-            raise SystemExit(f"error: profile {args.profile} does not use real data")
-        if exp.skipped:
-            print(f"skipped {dataset}: {exp.skipped}")
-            continue
-        if args.only_cached:
-            exp.seeds = finished_seeds(exp, args.configs)
-            if not exp.seeds:
-                print(f"skipped {dataset}: no seed has every configuration trained")
-                continue
-        cfg = exp.config(exp.categories[0], exp.seeds[0]).validate()
-        split = f"; training list {Path(cfg.split_file).name}" if cfg.split_file else ""
-        described[dataset] = (f"{exp.describe()}; fit mode {cfg.fit_mode}, map normalization {cfg.model.map_norm}, "
-                              f"BatchNorm recalibration {'on' if cfg.recalibrate_bn else 'off'}{split}")
-        all_runs.append(suite.run_grid(exp, args.configs, quiet=False).assign(dataset=dataset))
-    if not all_runs:
+
+def dataset_runs(dataset: str, args: argparse.Namespace) -> tuple[pd.DataFrame, str] | None:
+    """One dataset's runs (trained where missing, unless --only-cached) and the line that describes them; None
+    when the dataset is absent or has nothing to tabulate."""
+    out = Path(args.out)
+    exp = suite.experiment(dataset=dataset, profile=args.profile, data_root=args.data_root, seeds=args.seeds,
+                           out_dir=out, image_size=args.image_size, epochs=args.epochs, fit_mode=args.fit_mode,
+                           map_norm=args.map_norm, precision=args.precision,
+                           split_file=args.split_file if dataset == "mt_defects" else None,
+                           runs_root=args.runs_root or out / args.profile / "runs")
+    if exp.stand_in:
+        raise SystemExit(f"error: profile {args.profile} does not use real data")
+    if exp.skipped:
+        print(f"skipped {dataset}: {exp.skipped}")
+        return None
+    if args.only_cached:
+        exp.seeds = finished_seeds(exp, args.configs)
+        if not exp.seeds:
+            print(f"skipped {dataset}: no seed has every configuration trained")
+            return None
+    cfg = exp.config(exp.categories[0], exp.seeds[0]).validate()
+    split = f"; training list {Path(cfg.split_file).name}" if cfg.split_file else ""
+    described = (f"{exp.describe()}; fit mode {cfg.fit_mode}, map normalization {cfg.model.map_norm}, "
+                 f"BatchNorm recalibration {'on' if cfg.recalibrate_bn else 'off'}{split}")
+    return suite.run_grid(exp, args.configs, quiet=False).assign(dataset=dataset), described
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    t0 = time.perf_counter()
+    found = {d: r for d in args.datasets if (r := dataset_runs(d, args)) is not None}
+    if not found:
         raise SystemExit("error: none of the datasets was found under --data-root")
-    runs = pd.concat(all_runs, ignore_index=True)
+    runs = pd.concat([r for r, _ in found.values()], ignore_index=True)
+    described = {d: line for d, (_, line) in found.items()}
     table = accuracy_table(runs)
-    target = out / "benchmarks"
+    target = Path(args.out) / "benchmarks"
     write_claims(target, args.name, runs, described)
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.round(4).to_csv(tmp, index=False))
     write_text(target / f"{args.name}.md", markdown_report(table, described, (time.perf_counter() - t0) / 60,
-                                                                      args.note))
+                                                            args.note))
     print((target / f"{args.name}.md").read_text())
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

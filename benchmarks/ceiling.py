@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from dskd.deploy.predictors import OPENVINO_FP32
 
-from dskd.deploy import OPENVINO_FP32
-from dskd.files import atomic_write, write_text
-from dskd.tables import markdown
+from dskd.atomic import atomic_write, write_text
+from dskd.repro.tables import markdown
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, DEPTH = 16, 8  # chain: DEPTH 3x3 convolutions with ReLU, timed at batch BATCH
@@ -85,9 +85,10 @@ def ceiling(graph: torch.nn.Module, size: int) -> tuple[float, pd.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dskd.deploy.export import InferenceGraph
+
     import dskd
     from benchmarks.common import machine
-    from dskd.export import InferenceGraph
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet18")

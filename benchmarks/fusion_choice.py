@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from dskd import suite
-from dskd.files import atomic_write, write_text
-from dskd.metrics import all_metrics
-from dskd.tables import ABSENT
+from dskd.atomic import atomic_write, write_text
+from dskd.repro.tables import ABSENT
+from dskd.run.metrics import all_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
@@ -45,7 +45,7 @@ def rescore(run: str, grid: dict[str, tuple]) -> list[dict]:
     rows = []
     for values in itertools.product(*grid.values()):
         choice = dict(zip(grid, values, strict=True))
-        maps, scores = suite.refuse(saved, **choice)
+        maps, scores = suite.fuse_saved(saved, **choice)
         m = all_metrics(saved.labels, scores, saved.masks, maps, valid=saved.valid)
         choice = {k: " + ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in choice.items()}
         if "normalize" in choice:

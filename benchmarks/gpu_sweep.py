@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dskd.methods import METHODS
+from dskd.run.methods import METHODS
 
 TRIO = ["dskd", "se_only", "sd_only"]
 
@@ -58,7 +58,7 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
 
 
 def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argparse.Namespace):
-    from dskd.profiles import profile_config
+    from dskd.run.profiles import profile_config
 
     return profile_config("quick", dataset="mt_defects", category="mt_defects", data_root=args.data_root,
                           split_file=args.split_file, image_size=size, epochs=epochs, fit_mode=fit, seed=seed,
@@ -68,7 +68,7 @@ def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argp
 def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
     """The run's saved per-scale maps fused in other ways, without retraining."""
     from dskd import suite
-    from dskd.metrics import all_metrics
+    from dskd.run.metrics import all_metrics
 
     saved = suite.load_maps(run_dir)
     variants: dict[str, dict] = {"topk1pct": {"score_topk": size * size // 100}, "nonorm": {"normalize": False}}
@@ -76,7 +76,7 @@ def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
         variants.update(max={"student_fusion": "max"}, only_se={"students": ["se"]}, only_sd={"students": ["sd"]})
     out = {}
     for name, options in variants.items():
-        maps, scores = suite.refuse(saved, **options)
+        maps, scores = suite.fuse_saved(saved, **options)
         m = all_metrics(saved.labels, scores, saved.masks, maps, saved.defect_types, valid=saved.valid)
         out[name] = [round(m[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")]
     return out
@@ -101,8 +101,8 @@ def _record(job: tuple, outcome, size: int) -> dict:
 def run_sweep(args: argparse.Namespace) -> None:
     """The grid's runs on the executor (local: one after another; ray: `--workers` runs share each GPU), then one
     JSON line per run in OUT/sweep.jsonl."""
-    from dskd.executors import execute
-    from dskd.run_task import ExecutorConfig
+    from dskd.repro.executors import execute
+    from dskd.repro.task import ExecutorConfig
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     jobs = grid(args.grid)
@@ -140,7 +140,7 @@ def summarize(records: list[Path], out: Path, name: str = "accuracy_mt_gpu_long"
     """Mean and std over seeds, per image size and configuration, of the sweep records' default metrics."""
     import pandas as pd
 
-    from dskd.files import atomic_write, write_text
+    from dskd.atomic import atomic_write, write_text
     from dskd.suite import markdown
 
     rows = [json.loads(line) for f in records for line in Path(f).read_text().splitlines() if line.strip()]

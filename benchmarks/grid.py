@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from dskd import suite
-from dskd.executors import execute
-from dskd.experiments import grid_configs
-from dskd.files import write_text
-from dskd.run_task import ExecutorConfig
+from dskd.atomic import write_text
+from dskd.repro.executors import execute
+from dskd.repro.experiments import grid_configs
+from dskd.repro.task import ExecutorConfig
 
 REPO = Path(__file__).resolve().parents[1]
 H200_TRAIN_IMG_S = 838  # results/benchmarks/speed_gpu_h200.md: paper profile (ResNet18, 256 px, batch 16)

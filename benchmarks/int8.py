@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import machine
-from dskd.files import atomic_write, write_text
-from dskd.tables import markdown
+from dskd.atomic import atomic_write, write_text
+from dskd.repro.tables import markdown
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -32,11 +32,12 @@ TARGET = 0.5  # points
 
 def score_export(xml: Path, run_dir: Path) -> dict[str, float]:
     """Metrics of an exported model on its run's test split, through OpenVINO."""
-    from dskd.batches import preload, valid_tensor
+    from dskd.deploy.predictors import open_predictor
+
     from dskd.data import load_dataset
-    from dskd.deploy import open_predictor
-    from dskd.metrics import all_metrics
-    from dskd.runs import open_run
+    from dskd.run.batch_maps import preload, valid_tensor
+    from dskd.run.folder import open_run
+    from dskd.run.metrics import all_metrics
 
     cfg = open_run(run_dir).config
     test = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "test", cfg.image_size,
@@ -57,7 +58,7 @@ def score_export(xml: Path, run_dir: Path) -> dict[str, float]:
 
 
 def compare(run_dir: Path, work: Path) -> list[dict]:
-    from dskd.export import export
+    from dskd.deploy.export import export
 
     rows = []
     for precision in PRECISIONS:
@@ -69,17 +70,12 @@ def compare(run_dir: Path, work: Path) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str]]:
+    """Every dskd run of the chosen datasets (trained where missing), exported and scored at each precision; and
+    the lines that describe the runs."""
     from dskd import suite
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--datasets", nargs="+", default=["mt_defects", "mpdd"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--runs-root", default=str(REPO / "results" / "quick" / "runs"))
-    p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
-    args = p.parse_args(argv)
-    rows = []
+    rows, described = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             exp = suite.experiment(dataset=dataset, profile="quick", data_root=args.data_root, seeds=args.seeds,
@@ -87,11 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             if exp.skipped:
                 print(f"skipped {dataset}: {exp.skipped}")
                 continue
+            described.append(f"- {exp.describe()}")
             for run in suite.run_grid(exp, ["dskd"]).itertuples():  # trains only what is missing
                 for row in compare(Path(run.run), Path(tmp)):
                     rows.append({"dataset": dataset, "category": run.category, "seed": run.seed, **row})
-    table = pd.DataFrame(rows)
-    atomic_write(Path(args.out) / "int8.csv", lambda t: table.round(5).to_csv(t, index=False))
+    return pd.DataFrame(rows), described
+
+
+def report(table: pd.DataFrame, described: list[str]) -> str:
     shown = table.copy()
     for m in METRICS:
         shown[m] = (100 * shown[m]).round(2)
@@ -102,23 +101,35 @@ def main(argv: list[str] | None = None) -> int:
                         for p in PRECISIONS[1:]}, names=["precision"]).round(2)
     worst = float(deltas.loc["int8"].abs().to_numpy().max())
     worst_teacher = float(deltas.loc["int8_teacher"].abs().to_numpy().max())
-    text = "\n".join([
+    return "\n".join([
         "# INT8 (NNCF) against FP32, OpenVINO, real data", "",
-        f"Measured by `python -m benchmarks.int8` on {machine()}. The `quick` profile's dskd runs (EfficientNet-Lite0, "
-        "128 px, 21 epochs, trained in float32), each exported by `python -m dskd export --format openvino` "
-        "three times (FP32; `--int8`: the students and the DF embedding quantized by NNCF, calibrated on up to 300 "
-        "of the run's own training images, the teacher and the map path in float; `--int8 --int8-teacher`: the "
-        "teacher quantized too) and scored on the test split through OpenVINO. Percent.", "",
+        f"Measured by `python -m benchmarks.int8` on {machine()}. The `quick` profile's dskd runs (trained in "
+        "float32), each exported by `python -m dskd export --format openvino` three times (FP32; `--int8`: the "
+        "students and the DF embedding quantized by NNCF, calibrated on up to 300 of the run's own training images, "
+        "the teacher and the map path in float; `--int8 --int8-teacher`: the teacher quantized too) and scored on "
+        "the test split through OpenVINO. Percent. The runs:", "", *described, "",
         markdown(shown.set_index(keys)), "",
         "INT8 minus FP32, points:", "", markdown(deltas), "",
         f"- `--int8`, largest change: {worst:.2f} points (target: within {TARGET}): "
         f"{'met' if worst <= TARGET else 'MISSED'}.",
         f"- `--int8 --int8-teacher`, largest change: {worst_teacher:.2f} points.",
         ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--datasets", nargs="+", default=["mt_defects", "mpdd"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--runs-root", default=str(REPO / "results" / "quick" / "runs"))
+    p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    args = p.parse_args(argv)
+    table, described = measure(args)
+    atomic_write(Path(args.out) / "int8.csv", lambda t: table.round(5).to_csv(t, index=False))
+    text = report(table, described)
     write_text(Path(args.out) / "int8.md", text)
     print(text)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dskd.executors import execute
-from dskd.files import atomic_write, write_text
-from dskd.profiles import profile_config
-from dskd.tables import markdown
+from dskd.atomic import atomic_write, write_text
+from dskd.repro.executors import execute
+from dskd.repro.tables import markdown
+from dskd.run.profiles import profile_config
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ((128, 21), (192, 10), (256, 5))

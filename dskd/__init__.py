@@ -9,28 +9,29 @@ from __future__ import annotations
 import importlib
 import logging
 
-from .config import VARIANTS, ModelConfig, RunConfig
 from .errors import DskdError
-from .profiles import PROFILES, profile_config
-
-__version__ = "0.1.0"
+from .model.config import VARIANTS, ModelConfig
+from .run.config import RunConfig
+from .run.profiles import PROFILES, profile_config
+from .version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-_LAZY = {"list_backbones": "backbones", "AnomalyOutput": "maps", "DSKD": "model", "build_model": "model",
-         "count_parameters": "model", "fit": "training", "evaluate": "evaluation", "predict": "prediction",
-         "load_run": "runs", "RunDir": "runs", "export": "export"}
+_LAZY = {"list_backbones": "model.backbones", "AnomalyOutput": "model.maps", "DSKD": "model.network",
+         "build_model": "model.network", "count_parameters": "model.network", "fit": "run.training",
+         "evaluate": "run.evaluation", "predict": "deploy.prediction", "load_run": "run.folder",
+         "RunDir": "run.folder", "export": "deploy.export", "suite": "suite"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return module if name == _LAZY[name] else getattr(module, name)
+        return module if _LAZY[name].rpartition(".")[2] == name else getattr(module, name)
     raise AttributeError(f"module 'dskd' has no attribute '{name}'")
 
 
 __all__ = [
     "DSKD", "PROFILES", "VARIANTS", "AnomalyOutput", "DskdError", "ModelConfig", "RunConfig", "RunDir",
     "build_model", "count_parameters", "evaluate", "fit", "list_backbones", "load_run", "predict",
-    "profile_config",
+    "profile_config", "__version__",
 ]

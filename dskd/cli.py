@@ -1,6 +1,6 @@
 """`python -m dskd {train,evaluate,predict,export}`: a thin layer over the library.
 
-The `train` flags are generated from the settings dataclasses (`dskd.config`): every field is a flag with its
+The `train` flags are generated from the settings dataclasses (`dskd.run.config`): every field is a flag with its
 choices, its help line and the chosen profile's value as the default shown in `--help`. Problems with arguments
 or data exit with code 2 and one line on stderr (a traceback only with --debug).
 """
@@ -15,10 +15,11 @@ import sys
 import typing
 from typing import Any
 
-from .config import DEVICES, ModelConfig, OptimConfig, RunConfig
-from .deploy import ENGINES, FORMATS
+from .deploy.predictors import ENGINES, FORMATS
 from .errors import DskdError, os_problem
-from .profiles import BY_DATASET, PROFILES, profile_config
+from .model.config import ModelConfig
+from .run.config import DEVICES, OptimConfig, RunConfig
+from .run.profiles import BY_DATASET, PROFILES, profile_config
 from .settings import choices_of, flag_type
 
 log = logging.getLogger("dskd")
@@ -144,7 +145,7 @@ def _default_category(args: argparse.Namespace) -> str | None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import fit
+    from .run.training import fit
 
     overrides = {name: getattr(args, name) for name, _, _ in setting_fields()}
     overrides.update(category=_default_category(args), lr=args.lr)
@@ -155,7 +156,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate
+    from .run.evaluation import evaluate
 
     result = evaluate(args.run, args.data_root, save_maps=args.save_maps, device=args.device, quiet=args.json,
                       threshold_from=args.threshold_from)
@@ -179,7 +180,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .prediction import predict
+    from .deploy.prediction import predict
 
     rows = predict(args.run, args.inputs, args.out, model=args.model, engine=args.engine, device=args.device,
                    strict=args.strict)
@@ -191,7 +192,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export
+    from .deploy.export import export
 
     if args.batch != "dynamic" and not (args.batch.isdigit() and int(args.batch) > 0):
         raise DskdError(f"--batch must be 'dynamic' or a positive whole number, not '{args.batch}'")

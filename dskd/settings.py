@@ -1,6 +1,6 @@
 """How a setting describes itself: a dataclass field whose metadata carries its help line and allowed values, and
-how its type reads as a command-line flag. Shared by the run settings (`dskd.config`, `python -m dskd train`) and
-the notebooks' parameters (`dskd.experiment_config`, `./run_all.sh`), so a field reads the same in both."""
+how its type reads as a command-line flag. Shared by the run settings (`dskd.run.config`, `python -m dskd train`) and
+the notebooks' parameters (`dskd.repro.experiment_config`, `./run_all.sh`), so a field reads the same in both."""
 
 from __future__ import annotations
 

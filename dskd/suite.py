@@ -6,17 +6,13 @@ notebook imports this one and calls two or three of these functions.
 
 from __future__ import annotations
 
-from .ablations import SCALE_SUBSETS, complexity_table, multiscale_ablation, refuse, teacher_weights_available
-from .archive import SavedMaps
-from .archive import load as load_maps
-from .claims import CLAIMS, claims_summary, claims_tables, ledger
-from .evaluation import evaluate_once
-from .experiment_config import Experiment, ExperimentConfig, from_parameters
-from .experiments import claims_runs, experiment, run_grid
-from .figures import pick_samples, qualitative_figure, save_figure, show_samples
-from .methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
-from .plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure
-from .tables import (
+from .repro.ablations import SCALE_SUBSETS, complexity_table, fuse_saved, multiscale_ablation, teacher_weights_available
+from .repro.claims import CLAIMS, claims_summary, claims_tables, ledger
+from .repro.experiment_config import Experiment, ExperimentConfig, from_parameters
+from .repro.experiments import claims_runs, experiment, run_grid
+from .repro.figures import pick_samples, qualitative_figure, save_figure, show_samples
+from .repro.plots import bars_figure, cost_figure, curves_figure, method_bars, multiscale_bars, training_figure
+from .repro.tables import (
     AT_THRESHOLD,
     METRICS,
     benchmark_table,
@@ -28,6 +24,10 @@ from .tables import (
     save_table,
     summarize,
 )
+from .run.archive import SavedMaps
+from .run.archive import load as load_maps
+from .run.evaluation import evaluate_once
+from .run.methods import ABLATION_DF, ABLATION_STUDENTS, METHODS, TABLE_METHODS
 
 __all__ = [
     "ABLATION_DF", "ABLATION_STUDENTS", "AT_THRESHOLD", "CLAIMS", "METHODS", "METRICS", "SCALE_SUBSETS",
@@ -35,6 +35,6 @@ __all__ = [
     "claims_summary", "claims_tables", "complexity_table", "cost_figure", "curves_figure", "decision_table",
     "evaluate_once", "experiment", "from_parameters", "ledger", "load_maps", "markdown", "method_bars", "method_table",
     "multiscale_ablation", "multiscale_bars", "per_defect_table", "pick_samples", "qualitative_figure", "reference",
-    "refuse", "run_grid", "save_figure", "save_table", "show_samples", "summarize", "teacher_weights_available",
+    "fuse_saved", "run_grid", "save_figure", "save_table", "show_samples", "summarize", "teacher_weights_available",
     "training_figure",
 ]

@@ -8,17 +8,17 @@ from benchmarks import speed
 
 def test_speed_harness_writes_rows_ratios_and_before_after(tmp_path):
     rc = speed.main(["--image-size", "64", "--batch", "2", "--repeats", "1", "--steps", "1", "--skip-memory",
-                     "--models", "dskd", speed.BEFORE, "se_only", "--out", str(tmp_path)])
+                     "--models", "dskd", speed.PLAIN, "se_only", "--out", str(tmp_path)])
     assert rc == 0
     table = pd.read_csv(tmp_path / "speed.csv", index_col="model")
-    assert list(table.index) == ["dskd", speed.BEFORE, "se_only"]
+    assert list(table.index) == ["dskd", speed.PLAIN, "se_only"]
     for col in ("train_img_s", "infer_img_s", "latency_ms", "trainable_params", "frozen_params", "gflops",
                 "train_gflops"):
         assert (table[col] > 0).all(), col
     # The shipped inference path changes speed, not the networks' work: the same parameters, and FLOPs lower only
     # by the trimmed map path (fewer upsamplings, one smoothed channel: under 1 % of the total).
-    assert 0.99 * table.loc[speed.BEFORE, "gflops"] < table.loc["dskd", "gflops"] < table.loc[speed.BEFORE, "gflops"]
-    assert table.loc["dskd", "trainable_params"] == table.loc[speed.BEFORE, "trainable_params"]
+    assert 0.99 * table.loc[speed.PLAIN, "gflops"] < table.loc["dskd", "gflops"] < table.loc[speed.PLAIN, "gflops"]
+    assert table.loc["dskd", "trainable_params"] == table.loc[speed.PLAIN, "trainable_params"]
     assert table.loc["dskd", "train_gflops"] > table.loc["se_only", "train_gflops"]
     text = (tmp_path / "speed.md").read_text()
     assert "Metrics (image AUROC, pixel AUROC, AUPRO) over 500 maps" in text
@@ -134,7 +134,7 @@ def test_fusion_choice_scores_each_student_of_the_dual_student_alone(monkeypatch
 
     from benchmarks import fusion_choice
     from dskd import suite
-    from dskd.metrics import all_metrics
+    from dskd.run.metrics import all_metrics
     from tests.test_maps_archive import _tiny
 
     saved = _tiny(n=8)
@@ -143,7 +143,7 @@ def test_fusion_choice_scores_each_student_of_the_dual_student_alone(monkeypatch
     rows = fusion_choice.rescore("run", fusion_choice.GRIDS["students"])
     assert [r["students"] for r in rows] == ["se + sd", "se", "sd"]
     for row, students in zip(rows, (None, ["se"], ["sd"]), strict=True):
-        maps, scores = suite.refuse(saved, students=students)
+        maps, scores = suite.fuse_saved(saved, students=students)
         expected = all_metrics(saved.labels, scores, saved.masks, maps)
         assert row["image_auroc"] == pytest.approx(expected["image_auroc"])
         assert row["aupro"] == pytest.approx(expected["aupro"])
@@ -153,7 +153,7 @@ def test_fusion_choice_scores_each_student_of_the_dual_student_alone(monkeypatch
 def test_fusion_choice_scales_grid_fuses_each_subset_of_the_pyramid(monkeypatch):
     from benchmarks import fusion_choice
     from dskd import suite
-    from dskd.metrics import all_metrics
+    from dskd.run.metrics import all_metrics
     from tests.test_maps_archive import _tiny
 
     saved = _tiny(n=8)
@@ -163,7 +163,7 @@ def test_fusion_choice_scales_grid_fuses_each_subset_of_the_pyramid(monkeypatch)
     rows = fusion_choice.rescore("run", grid)
     assert [r["scales"] for r in rows] == ["0 + 1 + 2", "1 + 2", "0 + 1", "0 + 2", "0", "1", "2"]
     for row, subset in zip(rows, grid["scales"], strict=True):
-        maps, scores = suite.refuse(saved, scales=subset)
+        maps, scores = suite.fuse_saved(saved, scales=subset)
         expected = all_metrics(saved.labels, scores, saved.masks, maps)
         assert row["pixel_auroc"] == pytest.approx(expected["pixel_auroc"])
         assert row["aupro"] == pytest.approx(expected["aupro"])

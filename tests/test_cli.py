@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import dskd
-from dskd import archive
 from dskd.cli import main
-from dskd.metrics import all_metrics
-from dskd.runs import load_run
+from dskd.run import archive
+from dskd.run.folder import load_run
+from dskd.run.metrics import all_metrics
 
 from .conftest import REPO
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dskd import DskdError, runall
+from dskd import DskdError
 from dskd.data import load_dataset
 from dskd.data.images import read_image
+from dskd.repro import runall
 
 from .conftest import BOTTLE, REPO, needs_bottle
 
@@ -169,8 +170,8 @@ def test_a_second_trainer_on_the_same_folder_is_told_it_is_busy(tmp_path, data_r
 
 FULL_DISK = """
 import errno, sys, torch
-import dskd.training as training
-from dskd.profiles import profile_config
+import dskd.run.training as training
+from dskd.run.profiles import profile_config
 real, calls = torch.save, [0]
 def save(obj, f, *a, **k):
     calls[0] += 1

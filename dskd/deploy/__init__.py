@@ -1,0 +1,1 @@
+"""A trained model on a line: export, predictors for each engine, prediction and overlays."""

@@ -1,0 +1,236 @@
+"""Export a trained run's whole inference path to one file: ONNX, OpenVINO IR (its .xml/.bin pair) or TorchScript.
+
+The graph holds everything from pixels to decision inputs: the teacher's input normalization, teacher, students,
+DF embedding, per-student and per-scale maps, the run's map normalization, fusion, smoothing and the image score
+(BatchNorm folded). Input `images`: float32, N x 3 x S x S, RGB in [0, 1] (NCHW; S is the run's image size); in
+`fit_mode="pad"` also `valid`: bool, N x S x S, True where the input shows the image. Outputs: `map` (N x 1 x S x S),
+`score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`metadata()`),
+so `dskd.deploy.predictors` can predict from it alone, without PyTorch.
+
+`int8=True` (OpenVINO only) quantizes the students and the DF embedding after training with NNCF, calibrated on the
+run's own training images (defect-free by construction, so no test image is seen); `int8_teacher=True` quantizes the
+teacher too. Kept in float: everything outside the networks (the map path: cosine distances, normalization, fusion,
+resampling, score), found from the module scopes torch.onnx records per node. Quantized, the map path clips every
+value above the training images' range, i.e. the defects: MT Defects lost 8.7 points of image AUROC with it, 1.6
+without it when the teacher was still quantized, 0.4 with the teacher in float. Depthwise convolutions stay float
+too (EfficientNet's; quantized, they cost MPDD 1.1 points of AUPRO). Accuracy and speed against FP32:
+results/benchmarks/int8.md and speed_engines.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_write
+from ..errors import DskdError
+from ..model.network import DSKD
+from ..run.folder import LoadedRun, load_run
+from ..version import __version__
+from .predictors import FORMATS
+
+log = logging.getLogger(__name__)
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
+OPSET = 18
+# InferenceGraph's module paths of what --int8 quantizes (a variant holds some of them)
+STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed", "model.se2", "model.sd2", "model.embed2")
+
+
+class InferenceGraph(nn.Module):
+    """A model from images to (map, score[, student maps]), in one traceable forward."""
+
+    def __init__(self, model: DSKD, student_maps: bool = False, padded: bool = False) -> None:
+        super().__init__()
+        self.model, self.student_maps, self.padded = model.float(), student_maps, padded
+        self.eval()
+
+    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None):
+        out = self.model.anomaly_map(images, valid=valid if self.padded else None, keep_students=self.student_maps)
+        if not self.student_maps:
+            return out.map, out.score
+        return out.map, out.score, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
+
+
+def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str, str]:
+    cfg = loaded.run.config
+    decision = loaded.decision()
+    return {"dskd_version": __version__, "fingerprint": cfg.fingerprint(), "run_name": loaded.run.path.name,
+            "image_size": str(image_size), "fit_mode": cfg.fit_mode,
+            "batch": "dynamic" if batch is None else str(batch), "precision": "fp32",
+            "threshold": repr(decision.threshold), "threshold_rule": decision.rule,
+            "pixel_threshold": repr(decision.pixel_threshold), "decision": json.dumps(decision.to_dict()),
+            "students": ",".join(loaded.model.students),
+            "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
+                "; valid: bool N x S x S" if cfg.fit_mode == "pad" else "")}
+
+
+def _names(graph: InferenceGraph) -> tuple[list[str], list[str]]:
+    inputs = ["images", "valid"] if graph.padded else ["images"]
+    return inputs, ["map", "score"] + (["student_maps"] if graph.student_maps else [])
+
+
+def _onnx_proto(graph: InferenceGraph, example: tuple, batch: int | None, meta: dict[str, str]):
+    """The traced graph as one ONNX model in memory (weights inside), with the run's metadata."""
+    inputs, outputs = _names(graph)
+    shapes = None
+    if batch is None:
+        n = torch.export.Dim("batch", min=1, max=4096)
+        shapes = {"images": {0: n}, **({"valid": {0: n}} if graph.padded else {})}
+    with torch.no_grad():
+        program = torch.onnx.export(graph, example, None, input_names=inputs, output_names=outputs,
+                                    opset_version=OPSET, dynamic_shapes=shapes, dynamo=True, verbose=False)
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto
+
+
+def _to_onnx(graph: InferenceGraph, example: tuple, path: Path, batch: int | None, meta: dict[str, str]):
+    """Save the graph as one ONNX file; returns the model it saved (its nodes name what INT8 may quantize)."""
+    import onnx
+
+    proto = _onnx_proto(graph, example, batch, meta)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return proto
+
+
+def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, image_size: int | None = None,
+           batch: int | None = None, student_maps: bool = False, int8: bool = False, int8_teacher: bool = False,
+           calibration_images: int = 300) -> Path:
+    """Write a run's inference path to `out` (default: `<run>/model<suffix>`, `<run>/model_int8.xml` with `int8`);
+    `batch=None` exports a dynamic batch dimension. Returns the file (OpenVINO: the .xml beside its .bin)."""
+    if fmt not in FORMATS:
+        raise DskdError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
+    if int8 and fmt != "openvino":
+        raise DskdError(f"--int8 quantizes an OpenVINO model: use --format openvino, not {fmt}")
+    if int8_teacher and not int8:
+        raise DskdError("--int8-teacher quantizes the teacher as well: it needs --int8")
+    loaded = load_run(run_dir, "cpu")
+    size = image_size or loaded.run.config.image_size
+    target = Path(out) if out else loaded.run.path / f"model{'_int8' if int8 else ''}{SUFFIX[fmt]}"
+    meta = metadata(loaded, size, batch)
+    present = tuple(m for m in STUDENT_NETWORKS if getattr(loaded.model, m.removeprefix("model.")) is not None)
+    calibration, quantized = None, present + (("model.teacher",) if int8_teacher else ())
+    if int8:
+        calibration = training_images(loaded, size, calibration_images)
+        meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)",
+                    int8_networks=", ".join(m.removeprefix("model.") for m in quantized))
+        log.warning("INT8 changes the maps: measure it on this run's test split before deploying it "
+                    "(python -m benchmarks.int8; see results/benchmarks/int8.md for what it cost there)")
+    export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch, student_maps=student_maps,
+                 padded=loaded.run.config.fit_mode == "pad", calibration=calibration, quantized=quantized)
+    log.info("exported %s to %s", loaded.run.path, target)
+    return target
+
+
+def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to `limit` of the run's training images, evenly spaced over its list: float32 N x 3 x S x S in [0, 1]
+    and, in pad mode, their valid masks."""
+    from ..data import load_dataset
+    from ..run.batch_maps import preload, valid_tensor
+
+    if limit < 1:
+        raise DskdError(f"--calibration-images must be at least 1, not {limit}")
+    cfg = loaded.run.config
+    try:
+        train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", size, require_masks=False,
+                                 split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+    except DskdError as exc:
+        raise DskdError(f"--int8 calibrates on the run's training images, which could not be loaded: {exc}") from exc
+    images, _ = preload(train_set, desc="calibration images")
+    pick = np.unique(np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int))
+    valid = valid_tensor(train_set)
+    return images[pick].float().div_(255.0).numpy(), None if valid is None else valid[pick].numpy()
+
+
+def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
+                 batch: int | None = None, student_maps: bool = False, padded: bool = False,
+                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 quantized: tuple[str, ...] = STUDENT_NETWORKS) -> Path:
+    """Export a model (converted with `for_inference()`) with the given metadata; `calibration` (images and, in
+    pad mode, valid masks) quantizes the `quantized` networks of an OpenVINO export to INT8."""
+    if image_size % 32 or image_size < 32:
+        raise DskdError(f"--image-size {image_size} must be a multiple of 32 and at least 32")
+    if target.suffix != SUFFIX[fmt]:
+        raise DskdError(f"{target}: a {fmt} export needs the suffix {SUFFIX[fmt]}")
+    graph = InferenceGraph(model, student_maps, padded)
+    n = batch or 2
+    example = (torch.rand(n, 3, image_size, image_size),)
+    example += (torch.ones(n, image_size, image_size, dtype=torch.bool),) if padded else ()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        atomic_write(target, lambda tmp: _to_onnx(graph, example, tmp, batch, meta))
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(graph, example, check_trace=False)
+        atomic_write(target, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={"dskd.json": json.dumps(meta)}))
+    else:
+        _to_openvino(graph, example, target, batch, meta, calibration, quantized)
+    return target
+
+
+def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int | None, meta: dict[str, Any],
+                 calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 quantized: tuple[str, ...] = STUDENT_NETWORKS) -> None:
+    """Through ONNX (OpenVINO's own PyTorch frontend would also do; ONNX keeps one traced graph for both)."""
+    import openvino as ov
+
+    onnx_tmp = target.with_suffix(".tmp.onnx")
+    try:
+        proto = _to_onnx(graph, example, onnx_tmp, batch, meta)
+        model = ov.convert_model(str(onnx_tmp))
+        if calibration is not None:
+            model = quantize(model, calibration, batch, network_nodes(proto, quantized))
+        for key, value in meta.items():
+            model.set_rt_info(value, ["dskd", key])
+        tmp_xml = target.with_name(f".{target.stem}.tmp.xml")
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        tmp_xml.with_suffix(".bin").replace(target.with_suffix(".bin"))
+        tmp_xml.replace(target)
+    finally:
+        onnx_tmp.unlink(missing_ok=True)
+
+
+def network_nodes(proto, modules: tuple[str, ...]) -> set[str]:
+    """Names of the ONNX nodes inside `modules` (InferenceGraph paths, e.g. "model.se"), read from the module
+    scopes torch.onnx records on every node."""
+    inside = set()
+    for node in proto.graph.node:
+        entry = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if entry and any(".".join(sc.split(".")[:2]) in modules for sc in ast.literal_eval(entry)):
+            inside.add(node.name)
+    if not inside:
+        raise DskdError("--int8: this torch.onnx records no module scopes, so the networks cannot be told from the map "
+                        "path; export without --int8")
+    return inside
+
+
+def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: int | None, inside: set[str]):
+    """NNCF post-training quantization of the ops of an OpenVINO model converted from the ONNX nodes in `inside`
+    (OpenVINO names an op after its node, or node/part when one node became several; an op named otherwise stays
+    float), depthwise convolutions excepted. The slower, full bias correction kept MPDD's AUPRO 0.06 point closer
+    to FP32 than the fast one."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise DskdError("--int8 needs NNCF: pip install nncf (with this machine's torch kept as a constraint)") from exc
+    images, valid = calibration
+    step = batch or 1
+    items = [{"images": images[i: i + step], **({} if valid is None else {"valid": valid[i: i + step]})}
+             for i in range(0, len(images) - step + 1, step)]
+    if not items:
+        raise DskdError(f"--int8 with --batch {batch} needs at least {batch} training images, found {len(images)}")
+    names = [op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_friendly_name().split("/")[0] not in inside]
+    ignored = nncf.IgnoredScope(names=names, types=["GroupConvolution"], validate=False)
+    nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines would bury the CLI's output
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored,
+                         fast_bias_correction=False)

@@ -1,0 +1,134 @@
+"""Predictors behind one interface, whichever engine runs the model: PyTorch (a run folder), or an exported file
+through ONNX Runtime or OpenVINO. The exported engines need NumPy, Pillow and their runtime, not PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DskdError
+
+ENGINES = ("torch", "onnxruntime", "openvino")
+FORMATS = ("onnx", "openvino", "torchscript")  # what `dskd.deploy.export` writes
+# OpenVINO CPU settings that keep a model in FP32 as exported: on CPUs with native bfloat16 OpenVINO would otherwise
+# lower the precision (maps 1e-2 off, here).
+OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Predictor:
+    """`infer(images, valid)`: images N x 3 x S x S uint8 (RGB), valid N x S x S bool (pad mode) or None; returns
+    maps N x S x S and scores N. Exported models take the images as float32 in [0, 1]."""
+
+    infer: Infer
+    image_size: int
+    fit_mode: str
+    threshold: float  # image level: defective when score >= threshold
+    threshold_rule: str
+    source: str
+    pixel_threshold: float  # the overlay outlines pixels >= it
+
+    @classmethod
+    def from_metadata(cls, infer: Infer, meta: dict[str, str], source: str) -> Predictor:
+        missing = [k for k in ("image_size", "fit_mode", "threshold") if k not in meta]
+        if missing:
+            raise DskdError(f"{source} lacks dskd metadata ({', '.join(missing)}); export it with "
+                            "'python -m dskd export --run RUN'")
+        threshold = float(meta["threshold"])
+        return cls(infer, int(meta["image_size"]), meta["fit_mode"], threshold, meta.get("threshold_rule", "?"),
+                   source, float(meta.get("pixel_threshold", threshold)))
+
+
+def as_input(images: np.ndarray) -> np.ndarray:
+    """uint8 N x 3 x S x S -> float32 in [0, 1], the exported graph's input."""
+    return np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0)
+
+
+def _needs(module: str, extra: str = "deploy"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DskdError(f"{module} is not installed; pip install 'dskd[{extra}]' (or pip install {module})") from None
+
+
+def onnxruntime_predictor(path: Path) -> Predictor:
+    ort = _needs("onnxruntime")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own types for bad files
+        raise DskdError(f"{path}: not a readable ONNX model ({type(exc).__name__}); export it again") from exc
+    inputs = [i.name for i in session.get_inputs()]
+
+    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        feed = {"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})}
+        amap, score = session.run(["map", "score"], feed)
+        return amap[:, 0], score
+
+    return Predictor.from_metadata(infer, session.get_modelmeta().custom_metadata_map, str(path))
+
+
+def openvino_predictor(path: Path) -> Predictor:
+    ov = _needs("openvino")
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError for bad files
+        raise DskdError(f"{path}: not a readable OpenVINO model ({type(exc).__name__}); export it again") from exc
+    meta = {}
+    for key in ("image_size", "fit_mode", "threshold", "threshold_rule", "pixel_threshold"):
+        for section in ("dskd", "framework"):  # our IR's own section; an ONNX file's metadata lands in "framework"
+            if key not in meta and model.has_rt_info([section, key]):
+                meta[key] = model.get_rt_info([section, key]).astype(str)
+    compiled = core.compile_model(model, "CPU", OPENVINO_FP32)
+    inputs = [p.get_any_name() for p in compiled.inputs]
+
+    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        out = compiled({"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})})
+        return out[compiled.output("map")][:, 0], out[compiled.output("score")]
+
+    return Predictor.from_metadata(infer, meta, str(path))
+
+
+def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
+    import torch
+
+    from ..run.batch_maps import maps_in_batches
+    from ..run.folder import load_run
+
+    loaded = load_run(run_dir, device)
+    decision = loaded.decision()
+
+    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        v = None if valid is None else torch.from_numpy(valid)
+        (_, _, out), = maps_in_batches(loaded.model, x, loaded.device, len(x), loaded.precision, valid=v,
+                                       keep_students=False)
+        return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy()
+
+    cfg = loaded.run.config
+    return Predictor(infer, cfg.image_size, cfg.fit_mode, decision.threshold, decision.rule, str(run_dir),
+                     decision.pixel_threshold)
+
+
+def open_predictor(run: str | Path | None = None, model: str | Path | None = None, engine: str | None = None,
+                   device: str = "auto") -> Predictor:
+    """A predictor from a run folder (engine torch) or an exported file (engine from its suffix unless given)."""
+    if (run is None) == (model is None):
+        raise DskdError("give either --run RUN_DIR (PyTorch) or --model FILE (an exported model), not both")
+    if run is not None:
+        if engine not in (None, "torch"):
+            raise DskdError(f"--engine {engine} runs an exported file: export the run, then pass --model FILE")
+        return torch_predictor(Path(run), device)
+    path = Path(model)
+    if not path.is_file():
+        raise DskdError(f"{path}: no such model file; export one with 'python -m dskd export --run RUN'")
+    engine = engine or ("openvino" if path.suffix == ".xml" else "onnxruntime")
+    if engine == "torch":
+        raise DskdError("--engine torch needs --run RUN_DIR; an exported file runs on onnxruntime or openvino")
+    return onnxruntime_predictor(path) if engine == "onnxruntime" else openvino_predictor(path)

@@ -1,0 +1,1 @@
+"""The reproduction layer: experiments, executors, run_all, tables, plots, ablations and claims."""

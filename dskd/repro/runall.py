@@ -1,0 +1,228 @@
+"""Run every notebook with papermill: `./run_all.sh [--profile P] [--data-root R] [--only NAME ...]`.
+
+Executed notebooks go to `<out>/notebooks/`. A notebook is skipped when its last run succeeded with the same
+notebook, the same package code and the same parameters (a stamp file records them), unless --force.
+A failing notebook does not stop the others; the summary at the end lists each one, and the exit status
+is non-zero when any failed.
+
+Nothing waits forever: every cell has a time limit (`--timeout`, by default the profile's `cell_timeout_s`), the kernel
+a start limit, and the whole notebook a wall-clock limit derived from both. A notebook that runs past a limit or
+whose kernel dies is run once more in a fresh kernel, then reported as `timed out` / `kernel died` with its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..atomic import write_json, write_text
+from ..errors import DskdError, os_problem
+from .experiment_config import PROFILE_RULES, ExperimentConfig, add_flags, from_parameters, parameter_fields
+from .notebook_exec import KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
+from .task import ExecutorConfig
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+
+
+def _stamp(notebook: Path, params: dict) -> str:
+    h = hashlib.sha256(notebook.read_bytes())
+    for src in sorted((REPO / "dskd").rglob("*.py")):
+        h.update(src.read_bytes())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
+                 limits: Limits) -> tuple[str, str, float]:
+    executed = out_dir / "notebooks" / notebook.name
+    stamp_file = executed.with_suffix(".stamp.json")
+    stamp = _stamp(notebook, params)
+    if not force and executed.is_file() and stamp_file.is_file() and \
+            json.loads(stamp_file.read_text()).get("stamp") == stamp:
+        return notebook.stem, "up to date", 0.0
+    t0 = time.perf_counter()
+    log_file = executed.with_suffix(".log")
+    why = papermill(notebook, executed, params, log_file, limits)
+    retried = why in (TIMED_OUT, KERNEL_DIED)
+    if retried:  # once more, in a fresh kernel; the first attempt's log is kept beside
+        print(f"[{time.strftime('%H:%M:%S')}] {notebook.stem}: {why}; retrying once in a fresh kernel", flush=True)
+        log_file.replace(log_file.with_suffix(".attempt1.log"))
+        first, why = why, papermill(notebook, executed, params, log_file, limits)
+    minutes = (time.perf_counter() - t0) / 60
+    if why is None:
+        portable(executed)
+        write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
+        return notebook.stem, f"ok (retried after: {first})" if retried else "ok", minutes
+    stamp_file.unlink(missing_ok=True)
+    shown = log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file
+    return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''} (see {shown})", \
+        minutes
+
+
+def portable(executed: Path) -> None:
+    """papermill records where it read and wrote the notebook as absolute paths; inside this repository they are
+    kept relative to it, so that a committed executed notebook names no machine's folders."""
+    nb = json.loads(executed.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key) and Path(meta[key]).is_absolute() and Path(meta[key]).is_relative_to(REPO):
+            meta[key] = os.path.relpath(meta[key], REPO)
+    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def succeeded(status: str) -> bool:
+    return status.startswith(("ok", "up to date"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="./run_all.sh",
+        description="Regenerate every table and figure by running the notebooks with papermill. With no "
+                    "arguments: the offline demo (synthetic data, EfficientNet-Lite0 teacher) in about 5 "
+                    "minutes on 2 CPU cores.")
+    add_flags(p, skip=("out_dir",))  # the notebooks' parameters (dskd.repro.experiment_config), as flags
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only these notebooks (a name or its prefix, e.g. 10_table_mvtec_ad or 10)")
+    p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
+    p.add_argument("--timeout", type=_positive, metavar="SECONDS",
+                   help="most seconds one notebook cell may run before the notebook is stopped, retried once, and "
+                        "reported (default by profile: " +
+                        ", ".join(f"{k} {r.cell_timeout_s}" for k, r in PROFILE_RULES.items()) +
+                        f"); the kernel has {START_TIMEOUT} s to start")
+    p.add_argument("--out", help="results folder (default: results/<profile>/); the notebooks' out_dir")
+    return p
+
+
+def _writable(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DskdError(f"--out {out_dir} is a file; choose a folder for the results")
+    try:
+        (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DskdError(os_problem(exc)) from exc
+    return out_dir
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds above 0, not '{text}'")
+    return int(text)
+
+
+def _chosen(only: list[str] | None) -> list[Path]:
+    notebooks = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    if not only:
+        return notebooks
+    unknown = [o for o in only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
+    if unknown:
+        raise DskdError(f"no notebook matches {unknown}; known: {', '.join(nb.stem for nb in notebooks)}")
+    return [nb for nb in notebooks if any(nb.stem == o or nb.stem.startswith(o) for o in only)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        notebooks = _chosen(args.only)
+        config = from_parameters(vars(args))
+        if config.data_root and not Path(config.data_root).is_dir():
+            raise DskdError(f"--data-root {config.data_root} does not exist; pass the folder that holds the datasets")
+        out_dir = _writable(Path(args.out or REPO / "results" / config.profile).resolve())
+    except DskdError as exc:  # said before anything runs
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    params = notebook_params(vars(args), config, out_dir)
+    limits = Limits(args.timeout or config.rules().cell_timeout_s)
+    t0 = time.perf_counter()
+    failed_runs = 0
+    if config.executor.name != "local":
+        from .planning import plan_and_train
+
+        try:
+            failed_runs = plan_and_train(notebooks, params, out_dir, config.executor, limits)
+        except DskdError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force, limits)),
+                                notebooks))
+    failed = report(results)
+    write_index(out_dir, config.profile, params.get("data_root"))
+    print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
+          f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")
+    return 1 if failed or failed_runs else 0
+
+
+def notebook_params(given: dict, config: ExperimentConfig, out_dir: Path) -> dict:
+    """What the notebooks are told: the profile, their folders as they see them, and every other parameter given on
+    the command line. The executor's stay here: under Ray the runs are trained before the notebooks start."""
+    told = {name: given[name] for name, _, owner in parameter_fields()
+            if owner is not ExecutorConfig and given.get(name) is not None and name not in ("data_root", "out_dir")}
+    told.update(profile=config.profile, out_dir=_shown(out_dir))
+    if config.data_root:
+        told["data_root"] = _shown(config.data_root)
+    return told
+
+
+def report(results: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    """Print the summary table; returns the notebooks that did not succeed."""
+    print(f"\n{'notebook':<32} {'status':<40} {'minutes':>7}")
+    for name, status, minutes in results:
+        print(f"{name:<32} {status:<40} {minutes:>7.1f}")
+    return [r for r in results if not succeeded(r[1])]
+
+
+def _shown(path: str | Path) -> str:
+    """A folder as the notebooks get it (they run in notebooks/): relative to notebooks/ when it lies in this
+    repository or was named by a relative path, so that the executed copies committed under results/ name no
+    machine's folders; an absolute path outside the repository stays as the user named it."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO) or not Path(path).is_absolute():
+        return os.path.relpath(resolved, NOTEBOOKS)
+    return str(path)
+
+
+def _owner(stem: str, sources: dict[str, str]) -> str:
+    """The notebook that writes a file: it names the file, or the file's name starts with an f-string's prefix."""
+    for nb, text in sources.items():
+        if f'"{stem}"' in text or any(stem.startswith(p) for p in re.findall(r'f"(\w+?_)\{', text)):
+            return nb
+    return "?"
+
+
+def write_index(out_dir: Path, profile: str, data_root: str | None) -> Path:
+    """`<out>/README.md`: every table and figure, the notebook that made it, what produced it, and the command."""
+    sources = {nb.stem: "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+               for nb in sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))}
+    command = "./run_all.sh" + ("" if profile == "demo" else f" --profile {profile}") + \
+        (f" --data-root {os.path.relpath(NOTEBOOKS / data_root, REPO)}" if data_root else "")
+    size = sum(f.stat().st_size for sub in ("tables", "figures", "notebooks") for f in (out_dir / sub).glob("*.*")
+               if f.suffix in (".md", ".csv", ".png", ".pdf", ".ipynb"))
+    lines = [f"# {out_dir.name}: the `{profile}` profile", "",
+             f"Regenerate with `{command}` (one notebook: add `--only NAME`). Tables, figures and executed notebooks: "
+             f"{size / 1e6:.1f} MB.", "", "| file | notebook | what produced it |", "|---|---|---|"]
+    for table in sorted((out_dir / "tables").glob("*.md")):
+        said = next((ln for ln in table.read_text().splitlines()[1:] if ln.strip()), "")
+        lines.append(f"| [tables/{table.name}](tables/{table.name}) | {_owner(table.stem, sources)} | {said} |")
+    for fig in sorted((out_dir / "figures").glob("*.png")):
+        lines.append(f"| [figures/{fig.name}](figures/{fig.name}) (+ .pdf) | {_owner(fig.stem, sources)} | |")
+    for nb in sorted((out_dir / "notebooks").glob("*.ipynb")):
+        lines.append(f"| [notebooks/{nb.name}](notebooks/{nb.name}) | {nb.stem} | executed copy, with outputs |")
+    return write_text(out_dir / "README.md", "\n".join(lines) + "\n")
+
+
+def _announce(result: tuple[str, str, float]) -> tuple[str, str, float]:
+    print(f"[{time.strftime('%H:%M:%S')}] {result[0]}: {result[1]} ({result[2]:.1f} min)", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

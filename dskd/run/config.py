@@ -1,0 +1,160 @@
+"""Every setting in one place: dataclasses whose fields carry their default, choices and one-line help.
+
+`ModelConfig` describes the network and its maps, `OptimConfig` one student's optimizer, and `RunConfig` adds the
+data and the training recipe. The command line's flags are generated from these fields (`dskd.cli`), profiles
+(`dskd.run.profiles`) are small overrides of them, and a run's identity is the hash of its `RunConfig` (precision
+included), so re-running a notebook finds the run it already trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..errors import DskdError
+from ..model.config import ModelConfig
+from ..settings import check_choices, setting
+
+OPTIMIZERS = ("sgd", "adam")
+FIT_MODES = ("stretch", "pad")
+LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def _datasets() -> list[str]:
+    from ..data import DATASETS
+
+    return list(DATASETS)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = setting("adam", "optimizer", OPTIMIZERS)
+    lr: float = setting(0.005, "learning rate")
+    betas: tuple[float, ...] = setting((0.5, 0.999), "Adam's betas")
+    momentum: float = setting(0.9, "SGD's momentum")
+    weight_decay: float = setting(0.0, "weight decay")
+
+
+# The parents' published recipes: STFPM trains its student with SGD, Reverse Distillation its decoder with Adam.
+STFPM_SGD = OptimConfig(name="sgd", lr=0.4, momentum=0.9, weight_decay=1e-4)
+RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
+
+# Fields added after runs had been published, with the value those runs implicitly had: left out of a run's
+# fingerprint at that value, so earlier runs keep their names (earlier CUDA runs, in bfloat16, get new ones).
+FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
+                                                  ("recalibrate_bn",): False, ("precision",): "float32",
+                                                  ("val_fraction",): 0.0, ("max_false_alarm",): 0.01}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = setting(help="the network and its maps", factory=ModelConfig)
+    dataset: str = setting("synthetic", "dataset layout", _datasets)
+    category: str = setting("stripes", "category of the dataset (required for multi-category datasets)")
+    data_root: str = setting("results/data", "the dataset's folder, or a folder holding several")
+    image_size: int = setting(256, "side of the square network input, a multiple of 32")
+    fit_mode: str = setting("stretch", "non-square images: stretch, or pad (no distortion)", FIT_MODES)
+    split_file: str | None = setting(None, "MT Defects: list of MT_Free images to train on (DifferNet's)")
+    epochs: int = setting(10, "training epochs")
+    batch_size: int = setting(8, "training batch size")
+    se_optim: OptimConfig = setting(help="Se's optimizer (STFPM's SGD recipe)", factory=lambda: STFPM_SGD)
+    sd_optim: OptimConfig = setting(help="Sd's and the DF embedding's optimizer (Reverse Distillation's)",
+                                  factory=lambda: RD_ADAM)
+    lr_schedule: str = setting("constant", "constant: the parents' recipes; cosine: every rate decays to 0 per step",
+                               LR_SCHEDULES)
+    recalibrate_bn: bool = setting(True, "after training, re-estimate the students' BatchNorm statistics under the "
+                                         "final weights (they trail weights that moved until the last step)")
+    val_fraction: float = setting(0.1, "share of the good training images held out, seeded, to set the decision "
+                                       "threshold (at least 8 images; never trained on); 0: none, the threshold then "
+                                       "comes from the training images")
+    max_false_alarm: float = setting(0.01, "the decision threshold's target false-alarm rate on good images, set on "
+                                           "the validation images (image scores and, for outlines, pixels)")
+    seed: int = setting(0, "random seed (weights, batch order, the validation hold-out)")
+    device: str = setting("auto", "where to train; not part of the run's identity", DEVICES)
+    precision: str = setting("auto", "arithmetic of training and maps; auto: float32 on every device (README)",
+                             PRECISIONS)
+    profile: str = setting("custom", "the profile these settings started from", cli=False)
+    size_from: str = setting("given", "where image_size and epochs came from: given (a profile or a flag), or the "
+                                      "dataset's own for its kind of image (DatasetSpec.quick)", cli=False)
+
+    def validate(self) -> RunConfig:
+        model = self.model.resolved()
+        check_choices(self)
+        for opt in (self.se_optim, self.sd_optim):
+            check_choices(opt)
+            if not opt.lr > 0:
+                raise DskdError(f"learning rate must be positive, got {opt.lr}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise DskdError(f"image_size={self.image_size} must be a multiple of 32 and at least 32")
+        if not 0 <= self.val_fraction < 0.5 or not 0 < self.max_false_alarm < 1:
+            raise DskdError(f"val_fraction ({self.val_fraction}) must lie in [0, 0.5) and max_false_alarm "
+                            f"({self.max_false_alarm}) in (0, 1)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DskdError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
+        return dataclasses.replace(self, model=model)
+
+    def with_device(self, device_type: str) -> RunConfig:
+        """The concrete precision for a device: `auto` is float32 on every device (README: why), so a run's
+        identity never depends on where it trained."""
+        if self.precision == "auto":
+            return dataclasses.replace(self, precision="float32")
+        if self.precision == "float16" and device_type == "cpu":
+            raise DskdError("precision float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+        nested = {"model": ModelConfig, "se_optim": OptimConfig, "sd_optim": OptimConfig}
+        d = {**{k[0]: v for k, v in FIELDS_ADDED_LATER.items() if len(k) == 1}, **d}  # what older runs implied
+        return cls(**{k: build(nested[k], v) if k in nested else v for k, v in d.items()})
+
+    def fingerprint(self) -> str:
+        """Hash of what determines a run's weights, maps and metrics (map settings too), not of its device."""
+        d = {k: v for k, v in self.with_device("any").to_dict().items() if k not in ("device", "profile", "size_from")}
+        for (*parents, key), default in FIELDS_ADDED_LATER.items():
+            holder = d[parents[0]] if parents else d
+            if holder[key] == default:
+                del holder[key]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def run_name(self) -> str:
+        m = self.model
+        src = "" if m.variant != "dskd" or m.df_source in ("se", "auto") else f"-df{m.df_source}"
+        src += "-dfpred" if m.df_input == "predicted" and m.df_source in ("se", "both") else ""
+        src += "-detach" if m.df_detach and m.variant != "sd_only" else ""
+        return (f"{self.dataset}-{self.category}-{m.backbone}-{m.variant}{src}-{self.image_size}px-"
+                f"e{self.epochs}-s{self.seed}-{self.fingerprint()}")
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """Override run or model fields by name (None values are ignored); `lr` sets both students' rates, and
+        `se_optim_lr`-style names set one field of one optimizer."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        model_keys = {f.name for f in fields(ModelConfig)}
+        run_keys = {f.name for f in fields(RunConfig)} - {"model"}
+        optims = {name: getattr(self, name) for name in ("se_optim", "sd_optim")}
+        if "lr" in overrides:
+            lr = float(overrides.pop("lr"))
+            optims = {k: dataclasses.replace(v, lr=lr) for k, v in optims.items()}
+        for key in [k for k in overrides if k.startswith(("se_optim_", "sd_optim_"))]:
+            name, sub = key[:8], key[9:]
+            if sub not in {f.name for f in fields(OptimConfig)}:
+                raise DskdError(f"unknown optimizer setting '{key}'")
+            optims[name] = dataclasses.replace(optims[name], **{sub: overrides.pop(key)})
+        optims.update({k: overrides.pop(k) for k in list(overrides) if k in optims})
+        unknown = set(overrides) - model_keys - run_keys
+        if unknown:
+            raise DskdError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(model_keys | run_keys | {'lr'})}")
+        model = dataclasses.replace(self.model, **{k: v for k, v in overrides.items() if k in model_keys})
+        return dataclasses.replace(self, model=model, **optims,
+                                   **{k: v for k, v in overrides.items() if k in run_keys})

@@ -1,0 +1,187 @@
+"""Evaluation: set a run's deployed decision on images that are not its test split, score the test split, and, on
+request, keep every map (`dskd.run.archive`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import write_json
+from ..data import AnomalyDataset, NoValidationSplit, labelled_samples, load_dataset
+from . import archive
+from .batch_maps import maps_in_batches, preload, valid_tensor
+from .config import RunConfig
+from .decision import Decision, at_threshold, false_alarm_threshold, from_good_images
+from .folder import LoadedRun, RunDir, load_run
+from .metrics import all_metrics, f1_max_threshold, pixel_metrics
+
+log = logging.getLogger(__name__)
+PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")
+
+
+def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, *, save_maps: bool = False,
+             device: str = "auto", quiet: bool = True, threshold_from: str | Path | None = None) -> dict[str, Any]:
+    """Score the test split: the threshold-free metrics (image AUROC, pixel AUROC, AUPRO, per-defect-type AUROC),
+    the oracle F1-max, and the decisions at the deployed threshold, which no test label ever set."""
+    t0 = time.perf_counter()
+    loaded = load_run(run_dir, device)
+    cfg, model = loaded.run.config, loaded.model
+    if threshold_from is not None or not loaded.run.decision_file.is_file():
+        calibrate(loaded, threshold_from, data_root, quiet)
+    decision = loaded.decision()
+    test_set = load_dataset(cfg.dataset, data_root or cfg.data_root, cfg.category, "test", cfg.image_size,
+                            split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+    images, masks = preload(test_set, desc="loading test images", quiet=quiet)
+    valid = valid_tensor(test_set)
+    maps, scores, per_student, per_scale = _all_maps(loaded, images, valid, save_maps, quiet)
+    labels, valid_np = test_set.labels, None if valid is None else valid.numpy()
+    masks_np = masks.numpy() if test_set.has_masks else None
+    metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
+    result: dict[str, Any] = {
+        **metrics, **at_threshold(labels, scores, test_set.defect_types, decision.threshold),
+        "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
+        "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
+        "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
+        "epochs": cfg.epochs, "seed": cfg.seed, "precision": loaded.precision, "run": str(loaded.run.path),
+        "decision_threshold": decision.threshold, "decision_rule": decision.rule,
+        "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
+        "decision": decision.to_dict(),
+        "score_summary": score_summary(labels, scores, decision.threshold),
+    }
+    write_json(loaded.run.metrics_file, result)
+    if save_maps:
+        archive.save(loaded.run.maps_file, archive.SavedMaps(
+            images=images.permute(0, 2, 3, 1).numpy(), masks=masks_np, labels=labels, scores=scores,
+            maps=maps.astype(np.float16), paths=[str(p.path) for p in test_set.samples],
+            defect_types=list(test_set.defect_types), threshold=decision.threshold,
+            pixel_threshold=decision.pixel_threshold, per_student=per_student, per_scale=per_scale,
+            norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np))
+    return result
+
+
+def calibrate(loaded: LoadedRun, threshold_from: str | Path | None = None, data_root: str | Path | None = None,
+              quiet: bool = True) -> Decision:
+    """Set the run's deployed decision (`decision.json`) from images that are not its test split: a labelled
+    folder when given, else the validation split, else (val_fraction 0) the training images."""
+    cfg = loaded.run.config
+    if threshold_from is not None:
+        decision = _from_labelled_folder(loaded, Path(threshold_from), cfg.max_false_alarm, quiet)
+    else:
+        images, held_out = _good_images(cfg, data_root or cfg.data_root)
+        scores, pixels = _scored(loaded, images, quiet)
+        if held_out:
+            decision = from_good_images(scores, pixels, cfg.max_false_alarm,
+                                        f"{len(images)} good images held out of training "
+                                        f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
+        else:
+            note = (f"no validation split (val_fraction {cfg.val_fraction}): both thresholds come from the images "
+                    "the model was trained on, so expect more false alarms than on held-out images")
+            log.warning("decision threshold: %s", note)
+            decision = Decision(loaded.image_threshold, false_alarm_threshold(pixels, cfg.max_false_alarm)[0],
+                                "train_mean_plus_3std", f"{len(images)} training images "
+                                f"({cfg.dataset}/{cfg.category})", len(images),
+                                cfg.max_false_alarm, None, note)
+    write_json(loaded.run.decision_file, decision.to_dict())
+    return decision
+
+
+def _good_images(cfg: RunConfig, root: str | Path) -> tuple[AnomalyDataset, bool]:
+    """(the validation split, True), or (the training images, False) where the run has none."""
+    def split(name: str) -> AnomalyDataset:
+        return load_dataset(cfg.dataset, root, cfg.category, name, cfg.image_size, split_file=cfg.split_file,
+                            fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    try:
+        return split("val"), True
+    except NoValidationSplit:
+        return split("train"), False
+
+
+def _from_labelled_folder(loaded: LoadedRun, folder: Path, rate: float, quiet: bool) -> Decision:
+    cfg = loaded.run.config
+    images = AnomalyDataset(labelled_samples(folder), cfg.image_size, where=str(folder), fit_mode=cfg.fit_mode)
+    scores, pixels = _scored(loaded, images, quiet, good_pixels_only=True)
+    good = int((images.labels == 0).sum())
+    return Decision(f1_max_threshold(images.labels, scores), false_alarm_threshold(pixels, rate)[0],
+                    "f1_max_on_folder", f"{folder} ({good} good, {len(images) - good} defective images)",
+                    len(images), rate, None)
+
+
+def _scored(loaded: LoadedRun, dataset: AnomalyDataset, quiet: bool,
+            good_pixels_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image scores, the pixel scores inside the images, of the good images only with `good_pixels_only`)."""
+    images, _ = preload(dataset, desc=f"loading {dataset.where}", quiet=quiet)
+    valid = valid_tensor(dataset)
+    maps, scores, _, _ = _all_maps(loaded, images, valid, False, quiet)
+    keep = np.ones(maps.shape, bool) if valid is None else valid.numpy()
+    if good_pixels_only:
+        keep &= (dataset.labels == 0)[:, None, None]
+    return scores, maps[keep]
+
+
+def _metrics(where: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray,
+             defect_types, valid: np.ndarray | None) -> dict[str, Any]:
+    """The threshold-free metrics, each None where the test split cannot define it, said in one warning line: image
+    metrics need good and defective images, pixel metrics masks that mark defect pixels."""
+    out: dict[str, Any] = {**dict.fromkeys(("image_auroc", "image_f1_max", *PIXEL_METRICS)),
+                           "per_defect_image_auroc": {}}
+    reasons, n_defective = [], int(labels.sum())
+    if 0 < n_defective < len(labels):
+        out.update(all_metrics(labels, scores, defect_types=defect_types))
+    else:
+        kind = "defect-free" if n_defective == 0 else "defective"
+        reasons.append(f"holds only {kind} images: image AUROC and F1-max are undefined (null; see score_summary "
+                       "for the scores and the share at the decision threshold)")
+    if masks is None:
+        reasons.append("has no pixel masks: image-level metrics only (pixel AUROC, AUPRO and pixel F1 are null)")
+    elif not masks.any():
+        reasons.append("has no defect pixel in its masks: pixel AUROC, AUPRO and pixel F1 are null")
+    else:
+        out.update(pixel_metrics(masks, maps, valid))
+    if reasons:
+        log.warning("%s %s", where, "; it ".join(reasons))
+    return out
+
+
+def score_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+    """What can be measured with one kind of image alone: each kind's score distribution and the share of its
+    images at or above `threshold` (the false-alarm rate of the good ones, the recall of the defective ones)."""
+    out = {}
+    for kind, chosen in (("good", ~labels.astype(bool)), ("defective", labels.astype(bool))):
+        s = scores[chosen].astype(np.float64)
+        if s.size:
+            out[kind] = {"n": int(s.size), "min": float(s.min()), "median": float(np.median(s)),
+                         "p95": float(np.percentile(s, 95)), "max": float(s.max()),
+                         "at_or_above_threshold": float((s >= threshold).mean())}
+    return out
+
+
+def _all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | None, keep: bool, quiet: bool):
+    """Fused maps and scores of every image; with `keep`, also each student's map and native per-scale maps."""
+    model, (n, _, s, _) = loaded.model, images.shape
+    maps, scores = np.empty((n, s, s), np.float32), np.empty(n, np.float32)
+    per_student = {name: np.empty((n, s, s), np.float16) for name in model.students} if keep else {}
+    native: dict[str, list[list[np.ndarray]]] = {name: [] for name in per_student}
+    for sl, nat, out in maps_in_batches(model, images, loaded.device, loaded.run.config.batch_size * 2,
+                                        loaded.precision, desc="evaluate", quiet=quiet, valid=valid,
+                                        keep_students=keep):
+        maps[sl], scores[sl] = out.map[:, 0].cpu().numpy(), out.score.cpu().numpy()
+        for name in per_student:
+            per_student[name][sl] = out.per_student[name][:, 0].cpu().numpy()
+            native[name].append([m[:, 0].cpu().numpy() for m in nat[name]])
+    per_scale = {k: [np.concatenate(parts) for parts in zip(*v, strict=True)] for k, v in native.items()}
+    return maps, scores, per_student, per_scale
+
+
+def evaluate_once(run: RunDir) -> dict[str, Any]:
+    """Metrics of a run, evaluating it (and saving its maps) only when that was not done since training with
+    the current archive schema."""
+    if run.metrics_file.is_file() and run.maps_file.is_file() and \
+            run.metrics_file.stat().st_mtime >= run.checkpoint.stat().st_mtime and \
+            archive.version(run.maps_file) == archive.VERSION:
+        return run.metrics()
+    return evaluate(run, save_maps=True)

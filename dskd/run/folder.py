@@ -1,0 +1,187 @@
+"""Run folders: where a run keeps what it produced, how it records where it came from, and how it is loaded.
+
+A run folder holds `config.json` (settings and provenance), `checkpoint.pt` (atomic, written after every
+epoch), `train_log.csv`, `decision.json` (the deployed thresholds, `dskd.run.decision`), `metrics.json` and, on
+request, `maps.npz` (`dskd.run.archive`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DskdError
+from ..model.network import DSKD
+from ..version import __version__
+from .config import RunConfig
+from .decision import Decision
+
+RUNS_ROOT = Path("results/runs")
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    config: RunConfig
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def info_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def decision_file(self) -> Path:
+        return self.path / "decision.json"
+
+    @property
+    def maps_file(self) -> Path:
+        return self.path / "maps.npz"
+
+    def info(self) -> dict[str, Any]:
+        return read_json(self.info_file, "training it again in a new folder")
+
+    @property
+    def completed(self) -> bool:
+        return self.info_file.is_file() and bool(self.info().get("completed")) and self.checkpoint.is_file()
+
+    def metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics_file, "evaluating the run again")
+
+
+def read_json(path: Path, remedy: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DskdError(f"{path} is unreadable or corrupt ({type(exc).__name__}); fix it by {remedy}") from exc
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DskdError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":  # every core, unless a scheduler gave this process fewer (DSKD_NUM_THREADS, set by executors)
+        torch.set_num_threads(int(os.environ.get("DSKD_NUM_THREADS") or os.cpu_count() or 1))
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """The run's arithmetic: float32 as it is, or autocast to bfloat16 / float16 on the run's device."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def files_fingerprint(paths: list[Path], root: Path) -> str:
+    """Hash of the training files' names relative to the data root: which images a run saw."""
+    names = []
+    for p in paths:
+        try:
+            names.append(str(p.resolve().relative_to(root.resolve())))
+        except ValueError:
+            names.append(p.name)
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+def provenance(cfg: RunConfig, device: torch.device, train_files: str, n_train: int) -> dict[str, Any]:
+    import torchvision
+
+    return {
+        "config": cfg.to_dict(),
+        "fingerprint": cfg.fingerprint(),
+        "precision": cfg.precision,
+        "dskd_version": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                                 f" ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
+        "train_files_fingerprint": train_files,
+        "n_train": n_train,
+        "completed": False,
+    }
+
+
+def load_students(model: DSKD, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("teacher.") for k in missing):
+        raise DskdError(f"checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise DskdError(f"{path} is unreadable or corrupt ({type(exc).__name__}); train the run again, or resume "
+                        "it from an intact checkpoint") from exc
+
+
+@dataclass
+class LoadedRun:
+    run: RunDir
+    model: DSKD
+    image_threshold: float  # from the training images: mean + 3 std of their scores
+    device: torch.device
+
+    @property
+    def precision(self) -> str:
+        return self.run.config.precision
+
+    def decision(self) -> Decision:
+        """The deployed decision set after training (`dskd.run.evaluation.calibrate`); a run from before decisions
+        were recorded gets the training images' mean + 3 std for both thresholds."""
+        if self.run.decision_file.is_file():
+            return Decision.from_dict(read_json(self.run.decision_file, "evaluating the run again"))
+        return Decision(self.image_threshold, self.image_threshold, "train_mean_plus_3std", "the training images",
+                        0, None, None, "a run from before decisions were recorded; evaluate it to set one")
+
+
+def open_run(run_dir: str | Path | RunDir) -> RunDir:
+    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    if not (path / "config.json").is_file() or not (path / "checkpoint.pt").is_file():
+        raise DskdError(f"{path} is not a trained run (no config.json or checkpoint.pt); train one with "
+                        "'python -m dskd train ... --out RUN_DIR'")
+    info = read_json(path / "config.json", "training it again in a new folder")
+    try:
+        cfg = RunConfig.from_dict(info["config"])
+    except (KeyError, TypeError) as exc:
+        raise DskdError(f"{path / 'config.json'} does not describe a dskd run ({exc}); train it again") from exc
+    return RunDir(path, cfg)
+
+
+def load_run(run_dir: str | Path | RunDir, device: str = "auto") -> LoadedRun:
+    """A finished run's model, ready for maps (BatchNorm folded), with its image-score threshold."""
+    run = open_run(run_dir)
+    if not run.completed:
+        raise DskdError(f"{run.path} has not finished training; resume it with 'python -m dskd train ... --resume'")
+    dev = resolve_device(device)
+    ckpt = read_checkpoint(run.checkpoint, dev)
+    model = DSKD(run.config.model, pretrained=True).to(dev).eval()
+    load_students(model, ckpt["model"])
+    return LoadedRun(run, model.for_inference(), float(ckpt["image_threshold"]), dev)

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from dskd.model.config import ModelConfig
+
+from dskd import DskdError, suite
+from dskd.run import archive
+from dskd.run.evaluation import evaluate
+from dskd.run.methods import METHODS
+from dskd.run.metrics import all_metrics
+from dskd.run.profiles import profile_config
+from dskd.run.training import fit
+
+
+def _tiny(n=4, s=32, masks=True, students=("se", "sd")):
+    rng = np.random.default_rng(0)
+    maps = rng.random((n, s, s)).astype(np.float32)
+    return archive.SavedMaps(
+        images=rng.integers(0, 255, (n, s, s, 3), dtype=np.uint8),
+        masks=(rng.random((n, s, s)) > 0.9) if masks else None, labels=np.array([0, 1] * (n // 2)),
+        scores=maps.reshape(n, -1).max(1), maps=maps.astype(np.float16), paths=[f"{i}.png" for i in range(n)],
+        defect_types=["good", "hole"] * (n // 2), threshold=0.25,
+        per_student={k: maps.astype(np.float16) for k in students},
+        per_scale={k: [maps[:, ::f, ::f] for f in (4, 8, 16)] for k in students},
+        norm=np.ones((len(students), 2, 3), np.float32),
+        fusion=archive.SavedMaps.fusion_of(ModelConfig(student_fusion="max", sigma=2.0)))
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_archive_round_trip(tmp_path, masks):
+    saved = _tiny(masks=masks)
+    saved.pixel_threshold = 0.125 if masks else None
+    archive.save(tmp_path / "maps.npz", saved)
+    back = archive.load(tmp_path)  # a run folder finds its maps.npz
+    assert back.fusion == {"scale_fusion": "sum", "student_fusion": "max", "sigma": 2.0, "score_topk": 0,
+                           "map_norm": "zscore"}
+    assert back.students == ["se", "sd"] and back.paths == saved.paths and back.threshold == 0.25
+    assert (back.masks is None) == (not masks) and back.valid is None
+    assert back.pixel_threshold == saved.pixel_threshold  # the deployed outline's, or None when not recorded
+    np.testing.assert_array_equal(back.per_scale["sd"][2], saved.per_scale["sd"][2])
+    np.testing.assert_array_equal(back.maps, saved.maps)
+    assert archive.version(tmp_path / "maps.npz") == archive.VERSION
+
+
+def test_archive_refuses_other_versions_and_corrupt_files(tmp_path):
+    old = tmp_path / "old" / "maps.npz"
+    old.parent.mkdir()
+    np.savez_compressed(old, maps=np.zeros((1, 2, 2)))  # what dskd wrote before the schema had a version
+    with pytest.raises(DskdError, match="schema version 0.*--save-maps"):
+        archive.load(old)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DskdError, match="corrupt"):
+        archive.load(bad)
+    with pytest.raises(DskdError, match="not found"):
+        archive.load(tmp_path / "missing")
+
+
+def test_refuse_takes_the_runs_own_settings_unless_told_otherwise():
+    saved = _tiny()
+    own = suite.fuse_saved(saved)
+    explicit = suite.fuse_saved(saved, student_fusion="max", sigma=2.0)
+    np.testing.assert_array_equal(own[0], explicit[0])
+    other = suite.fuse_saved(saved, student_fusion="sum")
+    assert not np.allclose(own[0], other[0])
+    with pytest.raises(DskdError, match="map_norm"):
+        suite.fuse_saved(saved, map_norm="none")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_evaluates_and_refuses_to_its_own_maps(method, data_root, tmp_path):
+    """Each registered method at the test profile: train, evaluate with saved maps, and re-fuse those maps with the
+    run's recorded settings, which reproduces its fused map and scores."""
+    cfg = profile_config("test", data_root=str(data_root), category="grid", student_fusion="max",
+                         **METHODS[method].overrides)
+    run = fit(cfg, runs_root=tmp_path, quiet=True)
+    result = evaluate(run, save_maps=True, device="cpu")
+    saved = archive.load(run.path)
+    assert saved.fusion["student_fusion"] == "max" and saved.students == list(cfg.validate().model.students)
+    maps, scores = suite.fuse_saved(saved)
+    np.testing.assert_array_equal(maps.astype(np.float16), saved.maps)
+    np.testing.assert_allclose(scores, saved.scores, rtol=1e-6)
+    again = all_metrics(saved.labels, scores, saved.masks, maps)
+    assert again["image_auroc"] == pytest.approx(result["image_auroc"], abs=1e-6)
+    assert again["aupro"] == pytest.approx(result["aupro"], abs=1e-4)
