@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,15 @@ PROFILE_RULES: dict[str, ProfileRules] = {
 
 def _profiles() -> list[str]:
     return list(PROFILES)
+
+
+PLAN_ENV = "DSKD_PLAN"  # set by `./run_all.sh --executor ray`'s planning pass: the file where the runs are recorded
+
+
+def planning_pass() -> Path | None:
+    """The plan file while notebooks run only to record the runs they need (`planning.plan`): nothing trains and
+    nothing is written to the results, which their real run writes afterwards."""
+    return Path(os.environ[PLAN_ENV]) if os.environ.get(PLAN_ENV) else None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ only the runs it lacks, then evaluates them.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..run.folder import RunDir
 from ..run.methods import get_method
 from .claims import CLAIM_METHODS
 from .executors import execute
-from .experiment_config import Experiment, ExperimentConfig, from_parameters, parameter_fields
+from .experiment_config import Experiment, ExperimentConfig, from_parameters, parameter_fields, planning_pass
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,11 @@ def run_grid(exp: Experiment, methods: Sequence[str] | Mapping[str, Mapping[str,
     """Train (if needed) and evaluate every category x method x seed on the experiment's executor (local by
     default); one row per run. A run that fails is logged with its error and left out of the table.
 
-    Under `./run_all.sh`'s planning pass (DSKD_PLAN names a file) nothing trains: the runs are only recorded."""
+    Under `./run_all.sh`'s planning pass (`planning_pass()`) nothing trains: the runs are only recorded."""
     grid = grid_configs(exp, methods)
     runs_root = exp.runs_root
-    if os.environ.get("DSKD_PLAN"):
-        record_plan(Path(os.environ["DSKD_PLAN"]), [cfg for *_, cfg in grid], runs_root)
+    if plan := planning_pass():
+        record_plan(plan, [cfg for *_, cfg in grid], runs_root)
         return pd.DataFrame()
     t0 = time.perf_counter()
     outcomes = execute([cfg for *_, cfg in grid], runs_root, exp.executor, quiet=quiet)

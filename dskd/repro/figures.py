@@ -10,6 +10,7 @@ import pandas as pd
 from ..atomic import atomic_write
 from ..run import archive
 from ..run.archive import SavedMaps
+from .experiment_config import planning_pass
 
 QUALITATIVE_COLUMNS = ("image", "ground truth", "teacher − Se", "teacher − Sd", "fused", "overlay")
 
@@ -19,7 +20,9 @@ IMAGE_DPI = 72  # grids of 128-256 px images are drawn near their own resolution
 
 def save_figure(fig, name: str, out_dir: str | Path = "results") -> None:
     """`figures/<name>.png` and `.pdf`: charts at 150 dpi, image grids at their own (IMAGE_DPI), which keeps the
-    committed results browsable; the notebook shows the figure itself."""
+    committed results browsable; the notebook shows the figure itself. Nothing is written during a planning pass."""
+    if planning_pass():
+        return
     dpi = fig.dpi if any(ax.images for ax in fig.axes) else 150
     for ext in ("png", "pdf"):
         target = Path(out_dir) / "figures" / f"{name}.{ext}"

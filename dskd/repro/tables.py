@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..atomic import atomic_write, write_text
 from ..data import get_dataset
-from .experiment_config import Experiment
+from .experiment_config import Experiment, planning_pass
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")  # threshold-free
 AT_THRESHOLD = ("false_alarm_rate", "recall", "f1_at_threshold", "image_f1_max")  # decisions, and the oracle
@@ -120,9 +120,12 @@ def per_defect_table(runs: pd.DataFrame, exp: Experiment | None = None) -> pd.Da
 
 def save_table(table: pd.DataFrame, name: str, exp: Experiment | None = None, note: str = "",
                out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """`tables/<name>.csv` and `.md`; the Markdown says what produced the numbers."""
+    """`tables/<name>.csv` and `.md`; the Markdown says what produced the numbers. Nothing is written during a
+    planning pass, whose tables would be empty."""
     out = Path(out_dir or (exp.out_dir if exp else "results")) / "tables"
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+    if planning_pass():
+        return csv_path, md_path
     atomic_write(csv_path, lambda tmp: table.to_csv(tmp))
     header = [f"# {name}", ""]
     if exp is not None:

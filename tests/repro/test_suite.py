@@ -61,3 +61,24 @@ def test_tables_average_categories_per_seed_then_report_std_over_seeds():
     assert suite.method_table(runs, exp).loc["dskd", "aupro"] == "75.0 ± 5.0"
     md = suite.markdown(table)
     assert md.splitlines()[0].startswith("|  | image_auroc / dskd") and "| texture mean | 85.0 ± 5.0" in md
+
+
+def test_a_planning_pass_writes_no_tables_or_figures(tmp_path, monkeypatch):
+    """`./run_all.sh --executor ray` first runs the notebooks only to record their runs: the empty tables of that
+    pass must not overwrite the results (the notebooks' real run writes them afterwards)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame({"image_auroc": [99.0]}, index=["dskd"])
+    fig = plt.figure()
+    monkeypatch.setenv("DSKD_PLAN", str(tmp_path / "plan.jsonl"))
+    suite.save_table(table, "planned", out_dir=tmp_path)
+    suite.save_figure(fig, "planned", out_dir=tmp_path)
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "figures").exists()
+    monkeypatch.delenv("DSKD_PLAN")
+    suite.save_table(table, "planned", out_dir=tmp_path)
+    suite.save_figure(fig, "planned", out_dir=tmp_path)
+    assert {p.name for p in tmp_path.rglob("planned.*")} == {"planned.csv", "planned.md", "planned.png", "planned.pdf"}
+    plt.close(fig)
