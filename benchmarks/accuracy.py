@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from dskd.model.config import MAP_NORMS
 
 from dskd import suite
 from dskd.atomic import atomic_write, write_text
+from dskd.model.config import MAP_NORMS
 from dskd.repro import claims
 from dskd.repro.tables import ABSENT
 from dskd.repro.task import run_folder

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from dskd.deploy.predictors import OPENVINO_FP32
 
 from dskd.atomic import atomic_write, write_text
+from dskd.deploy.predictors import OPENVINO_FP32
 from dskd.repro.tables import markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,10 +85,9 @@ def ceiling(graph: torch.nn.Module, size: int) -> tuple[float, pd.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dskd.deploy.export import InferenceGraph
-
     import dskd
     from benchmarks.common import machine
+    from dskd.deploy.export import InferenceGraph
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet18")

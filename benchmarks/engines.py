@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from dskd.deploy.predictors import OPENVINO_FP32
 
 from benchmarks.ceiling import ceiling
 from benchmarks.common import anomalib_available, machine
 from dskd.atomic import atomic_write, write_text
+from dskd.deploy.predictors import OPENVINO_FP32
 from dskd.repro.tables import markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +52,9 @@ def _ov_compile(path: Path) -> Run:
 
 def dskd_engines(backbone: str, size: int, work: Path) -> tuple[dict[str, Run], float, torch.nn.Module]:
     import onnxruntime as ort
-    from dskd.deploy.export import STUDENT_NETWORKS, InferenceGraph, export_model
 
     import dskd
+    from dskd.deploy.export import STUDENT_NETWORKS, InferenceGraph, export_model
 
     model = dskd.build_model(backbone, "dskd", pretrained=False).eval().for_inference()
     graph = InferenceGraph(model)

@@ -32,9 +32,8 @@ TARGET = 0.5  # points
 
 def score_export(xml: Path, run_dir: Path) -> dict[str, float]:
     """Metrics of an exported model on its run's test split, through OpenVINO."""
-    from dskd.deploy.predictors import open_predictor
-
     from dskd.data import load_dataset
+    from dskd.deploy.predictors import open_predictor
     from dskd.run.batch_maps import preload, valid_tensor
     from dskd.run.folder import open_run
     from dskd.run.metrics import all_metrics

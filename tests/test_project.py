@@ -1,6 +1,8 @@
 """The project's own promises: dependency lists agree, the README states the two commands, CI calls the tests."""
 
 import re
+import subprocess
+import sys
 
 import tomllib
 
@@ -156,3 +158,13 @@ def test_tables_and_charts_never_reach_the_executors():
     above.add("dskd.suite")
     for low in (f"dskd.repro.{m}" for m in ("tables", "plots", "figures", "ablations", "claims", "experiment_config")):
         assert not _reachable(graph, low) & above, (low, _reachable(graph, low) & above)
+
+
+def test_the_errors_catalog_lists_every_message_the_code_can_raise():
+    """docs/errors.md ends with a catalog generated from every `raise DskdError(...)`: a message added or changed
+    without regenerating it fails here."""
+    r = subprocess.run([sys.executable, "scripts/errors_catalog.py", "--check"], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (REPO / "docs" / "errors.md").read_text()
+    assert "| `run/config.py` | `validate` | image_size=… must be a multiple of 32 and at least 32 |" in text

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from dskd.data.images import content_mask, fit_to_square, read_image
 from dskd.deploy.export import export, export_model
 from dskd.deploy.predictors import onnxruntime_predictor, openvino_predictor
 from dskd.model.config import VARIANTS
 from dskd.model.network import build_model
-from PIL import Image
-
-from dskd.data.images import content_mask, fit_to_square, read_image
 
 from ..conftest import MT_ROOT, REPO, SHARED_DATA
 
@@ -128,9 +128,9 @@ def test_export_and_predict_through_the_command_line_in_every_engine(data_root, 
 @pytest.mark.timeout(900)
 def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, tmp_path):
     import openvino as ov
-    from dskd.deploy.export import STUDENT_NETWORKS, InferenceGraph, _onnx_proto, network_nodes
 
     from dskd import fit
+    from dskd.deploy.export import STUDENT_NETWORKS, InferenceGraph, _onnx_proto, network_nodes
     from dskd.run.folder import load_run
     from dskd.run.profiles import profile_config
 

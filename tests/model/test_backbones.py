@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from dskd.model.backbones import build_imagenet_classifier, build_teacher, efficientnet_lite0_weights, get_spec
 
 import dskd
+from dskd.model.backbones import build_imagenet_classifier, build_teacher, efficientnet_lite0_weights, get_spec
 
 
 @pytest.mark.parametrize("name", dskd.list_backbones())

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from dskd.model.losses import pyramid_loss
-from dskd.model.maps import fuse, per_scale_maps
 
 import dskd
+from dskd.model.losses import pyramid_loss
+from dskd.model.maps import fuse, per_scale_maps
 
 
 @pytest.mark.parametrize("backbone", dskd.list_backbones())
@@ -224,6 +224,7 @@ def test_upsampling_and_smoothing_as_matrix_products(size, native_sizes, sigma):
 
 def test_cosine_distance_is_torchs_cosine_similarity():
     import torch.nn.functional as F
+
     from dskd.model.losses import channel_norm, cosine_distance
 
     g = torch.Generator().manual_seed(0)

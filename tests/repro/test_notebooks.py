@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from dskd.model.config import ModelConfig
 
+from dskd.model.config import ModelConfig
 from dskd.repro import experiment_config, notebook_exec, runall
 from dskd.repro.explorer import MapExplorer
 from dskd.run import archive

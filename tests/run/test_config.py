@@ -27,9 +27,8 @@ def test_train_parser_has_a_flag_for_every_setting():
     """A new settings field without a flag fails here: the parser is generated from the dataclasses."""
     import dataclasses
 
-    from dskd.model.config import ModelConfig
-
     from dskd.cli import build_parser
+    from dskd.model.config import ModelConfig
     from dskd.run.config import OptimConfig
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from dskd.model.config import ModelConfig
 
 from dskd import DskdError, suite
+from dskd.model.config import ModelConfig
 from dskd.run import archive
 from dskd.run.evaluation import evaluate
 from dskd.run.methods import METHODS
