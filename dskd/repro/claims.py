@@ -134,11 +134,12 @@ def _overall(row: pd.Series) -> str:
     return "mixed (" + ", ".join(f"{n} {v}" for v, n in measured.items()) + ")"
 
 
-RULE = (f"Verdict rule (dskd/claims.py): per seed, ours minus the better other side (chosen by its mean), in points; "
-        f"'holds' when the mean difference exceeds both its spread over seeds (sample std) and {MIN_POINTS} points, "
-        "'does not hold' when it is below minus both, else 'inconclusive' (always so with one seed). A screening "
-        "rule, not a significance test: with 3 seeds it is t > 1.73 (2 df, one-sided p about 0.11). Every number "
-        "is this suite's measurement at the settings in the evidence column; none is the paper's.")
+RULE = ("Verdict rule (dskd/repro/claims.py): per seed, ours minus the better other side (chosen by its mean), "
+        "in points; 'holds' when the mean difference exceeds both its spread over seeds (sample std) and "
+        f"{MIN_POINTS} points, 'does not hold' when it is below minus both, else 'inconclusive' (always so with one "
+        "seed). A screening rule, not a significance test: with 3 seeds it is t > 1.73 (2 df, one-sided p about "
+        "0.11). Every number is this suite's measurement at the settings in the evidence column; none is the "
+        "paper's.")
 
 
 def claims_tables(runs: pd.DataFrame, described: dict[str, str], out_dir: str | Path,
