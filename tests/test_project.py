@@ -168,3 +168,11 @@ def test_the_errors_catalog_lists_every_message_the_code_can_raise():
     assert r.returncode == 0, r.stdout + r.stderr
     text = (REPO / "docs" / "errors.md").read_text()
     assert "| `run/config.py` | `validate` | image_size=… must be a multiple of 32 and at least 32 |" in text
+
+
+def test_the_package_finds_the_repositorys_folders():
+    """Modules that read the notebooks or the published references find them from where they now live."""
+    from dskd.repro import runall, tables
+
+    assert runall.REPO == REPO and len(runall._chosen(None)) >= 11
+    assert tables.REFERENCE_DIR == REPO / "results" / "reference" and tables.REFERENCE_DIR.is_dir()

@@ -28,7 +28,7 @@ from .experiment_config import PROFILE_RULES, ExperimentConfig, add_flags, from_
 from .notebook_exec import KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
 from .task import ExecutorConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 
 
@@ -120,6 +120,8 @@ def _positive(text: str) -> int:
 
 def _chosen(only: list[str] | None) -> list[Path]:
     notebooks = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    if not notebooks:
+        raise DskdError(f"no notebooks in {NOTEBOOKS}; run ./run_all.sh from a full checkout of the repository")
     if not only:
         return notebooks
     unknown = [o for o in only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]

@@ -16,7 +16,7 @@ from .experiment_config import Experiment, planning_pass
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")  # threshold-free
 AT_THRESHOLD = ("false_alarm_rate", "recall", "f1_at_threshold", "image_f1_max")  # decisions, and the oracle
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
 ABSENT = "—"
 
 
