@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dskd.repro.tables import METRICS
 from dskd.run.methods import METHODS
 
 TRIO = ["dskd", "se_only", "sd_only"]
@@ -78,7 +79,7 @@ def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
     for name, options in variants.items():
         maps, scores = suite.fuse_saved(saved, **options)
         m = all_metrics(saved.labels, scores, saved.masks, maps, saved.defect_types, valid=saved.valid)
-        out[name] = [round(m[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")]
+        out[name] = [round(m[k], 4) for k in METRICS]
     return out
 
 
@@ -93,7 +94,7 @@ def _record(job: tuple, outcome, size: int) -> dict:
             "train_minutes": json.loads((path / "config.json").read_text())["train_minutes"],
             "wall_s": round(outcome.seconds, 1),
             "loss_last": (path / "train_log.csv").read_text().strip().splitlines()[-1],
-            "default": [round(res[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")],
+            "default": [round(res[k], 4) for k in METRICS],
             "per_type": {k: round(v, 4) for k, v in res["per_defect_image_auroc"].items()},
             "analysis": _refused(path, size)}
 
@@ -153,7 +154,7 @@ def summarize(records: list[Path], out: Path, name: str = "accuracy_mt_gpu_long"
     runs = runs.drop_duplicates([*keys, "seed"], keep="last")  # a run repeated in a later file: the later one
     counts = runs.groupby(keys).seed.nunique()
     runs = runs.set_index(keys).loc[counts[counts >= 3].index].reset_index()  # seeds 0-2 only: a mean of three
-    metrics = ["image_auroc", "pixel_auroc", "aupro"]
+    metrics = list(METRICS)
     table = runs.groupby(keys, sort=False).agg(
         seeds=("seed", "nunique"), **{f"{m}_{s}": (m, s if s == "mean" else lambda x: x.std(ddof=0))
                                       for m in metrics for s in ("mean", "std")},

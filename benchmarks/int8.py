@@ -22,10 +22,9 @@ import pandas as pd
 
 from benchmarks.common import machine
 from dskd.atomic import atomic_write, write_text
-from dskd.repro.tables import markdown
+from dskd.repro.tables import METRICS, markdown
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 PRECISIONS = ("fp32", "int8", "int8_teacher")  # int8: `--int8` (students and DF embedding); + `--int8-teacher`
 TARGET = 0.5  # points
 

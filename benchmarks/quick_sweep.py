@@ -22,7 +22,7 @@ import pandas as pd
 
 from dskd.atomic import atomic_write, write_text
 from dskd.repro.executors import execute
-from dskd.repro.tables import markdown
+from dskd.repro.tables import METRICS, markdown
 from dskd.run.profiles import profile_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,6 @@ DATASETS = {  # name -> (dataset, category, extra settings)
     "MPDD metal_plate": ("mpdd", "metal_plate", {}),
     "MVTec AD bottle (no masks)": ("mvtec_ad", "bottle", {}),
 }
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def configs(root: Path, seeds: list[int], variant: str):
