@@ -69,3 +69,21 @@ def bottle(tmp_path) -> Path:
         for p in sorted((BOTTLE / sub).glob("*.png"))[:n]:
             shutil.copy(p, root / sub / p.name)
     return tmp_path / "mvtec_ad"
+
+
+def tiny_saved_maps(n=4, s=32, masks=True, students=("se", "sd")):
+    """A small saved-maps archive with random maps, for tests that fuse or read archives."""
+    from dskd.model.config import ModelConfig
+    from dskd.run import archive
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((n, s, s)).astype(np.float32)
+    return archive.SavedMaps(
+        images=rng.integers(0, 255, (n, s, s, 3), dtype=np.uint8),
+        masks=(rng.random((n, s, s)) > 0.9) if masks else None, labels=np.array([0, 1] * (n // 2)),
+        scores=maps.reshape(n, -1).max(1), maps=maps.astype(np.float16), paths=[f"{i}.png" for i in range(n)],
+        defect_types=["good", "hole"] * (n // 2), threshold=0.25,
+        per_student={k: maps.astype(np.float16) for k in students},
+        per_scale={k: [maps[:, ::f, ::f] for f in (4, 8, 16)] for k in students},
+        norm=np.ones((len(students), 2, 3), np.float32),
+        fusion=archive.SavedMaps.fusion_of(ModelConfig(student_fusion="max", sigma=2.0)))

@@ -5,6 +5,8 @@ import pytest
 
 from benchmarks import speed
 
+from .conftest import tiny_saved_maps
+
 
 def test_speed_harness_writes_rows_ratios_and_before_after(tmp_path):
     rc = speed.main(["--image-size", "64", "--batch", "2", "--repeats", "1", "--steps", "1", "--skip-memory",
@@ -135,9 +137,8 @@ def test_fusion_choice_scores_each_student_of_the_dual_student_alone(monkeypatch
     from benchmarks import fusion_choice
     from dskd import suite
     from dskd.run.metrics import all_metrics
-    from tests.test_maps_archive import _tiny
 
-    saved = _tiny(n=8)
+    saved = tiny_saved_maps(n=8)
     saved.per_scale["sd"] = [np.ascontiguousarray(m[::-1]) for m in saved.per_scale["sd"]]  # a student of its own
     monkeypatch.setattr(suite, "load_maps", lambda run: saved)
     rows = fusion_choice.rescore("run", fusion_choice.GRIDS["students"])
@@ -154,9 +155,8 @@ def test_fusion_choice_scales_grid_fuses_each_subset_of_the_pyramid(monkeypatch)
     from benchmarks import fusion_choice
     from dskd import suite
     from dskd.run.metrics import all_metrics
-    from tests.test_maps_archive import _tiny
 
-    saved = _tiny(n=8)
+    saved = tiny_saved_maps(n=8)
     monkeypatch.setattr(suite, "load_maps", lambda run: saved)
     grid = fusion_choice.GRIDS["scales"]
     assert grid["scales"][0] == (0, 1, 2)  # the first combination is the default: every level

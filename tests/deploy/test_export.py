@@ -179,7 +179,7 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
 
 
 def test_overlay_is_drawn_at_the_images_own_size_with_the_region_outlined():
-    from dskd.deploy.predictors import overlay
+    from dskd.deploy import overlay
 
     image = np.full((90, 150, 3), 128, np.uint8)  # wide, like many inspection frames
     amap = np.zeros((64, 64), np.float32)

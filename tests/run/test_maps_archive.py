@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from dskd import DskdError, suite
-from dskd.model.config import ModelConfig
 from dskd.run import archive
 from dskd.run.evaluation import evaluate
 from dskd.run.methods import METHODS
@@ -10,24 +9,12 @@ from dskd.run.metrics import all_metrics
 from dskd.run.profiles import profile_config
 from dskd.run.training import fit
 
-
-def _tiny(n=4, s=32, masks=True, students=("se", "sd")):
-    rng = np.random.default_rng(0)
-    maps = rng.random((n, s, s)).astype(np.float32)
-    return archive.SavedMaps(
-        images=rng.integers(0, 255, (n, s, s, 3), dtype=np.uint8),
-        masks=(rng.random((n, s, s)) > 0.9) if masks else None, labels=np.array([0, 1] * (n // 2)),
-        scores=maps.reshape(n, -1).max(1), maps=maps.astype(np.float16), paths=[f"{i}.png" for i in range(n)],
-        defect_types=["good", "hole"] * (n // 2), threshold=0.25,
-        per_student={k: maps.astype(np.float16) for k in students},
-        per_scale={k: [maps[:, ::f, ::f] for f in (4, 8, 16)] for k in students},
-        norm=np.ones((len(students), 2, 3), np.float32),
-        fusion=archive.SavedMaps.fusion_of(ModelConfig(student_fusion="max", sigma=2.0)))
+from ..conftest import tiny_saved_maps
 
 
 @pytest.mark.parametrize("masks", [True, False])
 def test_archive_round_trip(tmp_path, masks):
-    saved = _tiny(masks=masks)
+    saved = tiny_saved_maps(masks=masks)
     saved.pixel_threshold = 0.125 if masks else None
     archive.save(tmp_path / "maps.npz", saved)
     back = archive.load(tmp_path)  # a run folder finds its maps.npz
@@ -56,7 +43,7 @@ def test_archive_refuses_other_versions_and_corrupt_files(tmp_path):
 
 
 def test_refuse_takes_the_runs_own_settings_unless_told_otherwise():
-    saved = _tiny()
+    saved = tiny_saved_maps()
     own = suite.fuse_saved(saved)
     explicit = suite.fuse_saved(saved, student_fusion="max", sigma=2.0)
     np.testing.assert_array_equal(own[0], explicit[0])
