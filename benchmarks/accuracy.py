@@ -23,7 +23,7 @@ from dskd import suite
 from dskd.atomic import atomic_write, write_text
 from dskd.model.config import MAP_NORMS
 from dskd.repro import claims
-from dskd.repro.tables import ABSENT
+from dskd.repro.tables import ABSENT, AT_THRESHOLD_MEANING
 from dskd.repro.task import run_folder
 from dskd.run.config import FIT_MODES, PRECISIONS
 from dskd.run.methods import METHODS
@@ -92,12 +92,9 @@ def decisions_report(table: pd.DataFrame) -> list[str]:
     never on test labels), beside the oracle F1-max."""
     shown = table[["dataset", "category", "config", "decision_rule", "target_false_alarm", "decision_images"]].copy()
     for m in suite.AT_THRESHOLD:
-        label = "F1-max (oracle)" if m == "image_f1_max" else m
-        shown[label] = [_cell(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
+        shown[m] = [_cell(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
     return ["At the deployed threshold (set at the target false-alarm rate on held-out good images; decision_images: "
-            "how many, median over seeds). false_alarm_rate: share of the test's good images flagged; recall: share "
-            "of its defective images flagged; F1-max (oracle): threshold fitted on the test labels, a reference "
-            "only. Percent, mean ± std over seeds:", "",
+            f"how many, median over seeds). {AT_THRESHOLD_MEANING} Percent, mean ± std over seeds:", "",
             suite.markdown(shown.set_index(["dataset", "category", "config"])), ""]
 
 

@@ -1,7 +1,8 @@
 """What the notebooks call, in one namespace: experiments, tables, figures, charts, ablations and saved maps.
 
-Each piece lives in its own module (`experiments`, `tables`, `figures`, `plots`, `ablations`, `claims`, `archive`); a
-notebook imports this one and calls two or three of these functions.
+Each piece lives in its own module of the reproduction layer (`dskd.repro`: experiments, tables, figures, plots,
+ablations, claims) or of a run's (`dskd.run.archive`); a notebook imports this one and calls two or three of these
+functions.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ __all__ = [
     "ABLATION_DF", "ABLATION_STUDENTS", "AT_THRESHOLD", "CLAIMS", "METHODS", "METRICS", "SCALE_SUBSETS",
     "TABLE_METHODS", "Experiment", "ExperimentConfig", "SavedMaps", "bars_figure", "benchmark_table", "claims_runs",
     "claims_summary", "claims_tables", "complexity_table", "cost_figure", "curves_figure", "decision_table",
-    "evaluate_once", "experiment", "from_parameters", "ledger", "load_maps", "markdown", "method_bars", "method_table",
-    "multiscale_ablation", "multiscale_bars", "per_defect_table", "pick_samples", "qualitative_figure", "reference",
-    "fuse_saved", "run_grid", "save_figure", "save_table", "show_samples", "summarize", "teacher_weights_available",
-    "training_figure",
+    "evaluate_once", "experiment", "from_parameters", "fuse_saved", "ledger", "load_maps", "markdown", "method_bars",
+    "method_table", "multiscale_ablation", "multiscale_bars", "per_defect_table", "pick_samples",
+    "qualitative_figure", "reference", "run_grid", "save_figure", "save_table", "show_samples", "summarize",
+    "teacher_weights_available", "training_figure",
 ]

@@ -16,6 +16,9 @@ from .experiment_config import Experiment, planning_pass
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")  # threshold-free
 AT_THRESHOLD = ("false_alarm_rate", "recall", "f1_at_threshold", "image_f1_max")  # decisions, and the oracle
+AT_THRESHOLD_MEANING = ("false_alarm_rate is the share of the test's good images flagged, recall that of its "
+                        "defective images, f1_at_threshold their F1. image_f1_max is the oracle F1-max, its threshold "
+                        "fitted on the test labels: a reference, not a result.")
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
 ABSENT = "—"
 
@@ -78,9 +81,7 @@ def decision_table(exp: Experiment, runs: pd.DataFrame) -> tuple[pd.DataFrame, s
     counts = pd.to_numeric(runs["decision_images"])
     targets = ", ".join(f"{t:.0%}" for t in sorted(set(runs["target_false_alarm"].dropna())))
     note = (f"Decisions at each run's deployed threshold, set without test labels ({rules}; target false-alarm rate "
-            f"{targets or '—'}; {_span(counts.min(), counts.max())} images per run): false_alarm_rate is the share "
-            "of the test's good images flagged, recall that of its defective images, f1_at_threshold their F1. "
-            "image_f1_max is the oracle F1-max, its threshold fitted on the test labels: a reference, not a result.")
+            f"{targets or '—'}; {_span(counts.min(), counts.max())} images per run): {AT_THRESHOLD_MEANING}")
     return benchmark_table(exp, runs, AT_THRESHOLD), note
 
 

@@ -1,9 +1,9 @@
 """A run's settings: dataclasses whose fields carry their default, choices and one-line help.
 
 `ModelConfig` (`dskd.model.config`) describes the network and its maps, `OptimConfig` one student's optimizer, and
-`RunConfig` adds the data and the training recipe. The command line's flags are generated from these fields (`dskd.cli`), profiles
-(`dskd.run.profiles`) are small overrides of them, and a run's identity is the hash of its `RunConfig` (precision
-included), so re-running a notebook finds the run it already trained.
+`RunConfig` adds the data and the training recipe. The command line's flags are generated from these fields
+(`dskd.cli`), profiles (`dskd.run.profiles`) are small overrides of them, and a run's identity is the hash of its
+`RunConfig` (precision included), so re-running a notebook finds the run it already trained.
 """
 
 from __future__ import annotations

@@ -31,9 +31,8 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     t0 = time.perf_counter()
     loaded = load_run(run_dir, device)
     cfg, model = loaded.run.config, loaded.model
-    if threshold_from is not None or not loaded.run.decision_file.is_file():
-        calibrate(loaded, threshold_from, data_root, quiet)
-    decision = loaded.decision()
+    recalibrate = threshold_from is not None or not loaded.run.decision_file.is_file()
+    decision = calibrate(loaded, threshold_from, data_root, quiet) if recalibrate else loaded.decision()
     test_set = load_dataset(cfg.dataset, data_root or cfg.data_root, cfg.category, "test", cfg.image_size,
                             split_file=cfg.split_file, fit_mode=cfg.fit_mode)
     images, masks = preload(test_set, desc="loading test images", quiet=quiet)
