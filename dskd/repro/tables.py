@@ -138,13 +138,14 @@ def save_table(table: pd.DataFrame, name: str, exp: Experiment | None = None, no
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table (index included; column levels joined with ' / ')."""
+    """A GitHub Markdown table (index included; column levels joined with ' / '); a missing number reads "—"."""
     cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
     index_name = " / ".join(str(n) for n in table.index.names if n) or ""
     lines = ["| " + " | ".join([index_name, *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
     for idx, row in table.iterrows():
         key = " / ".join(map(str, idx)) if isinstance(idx, tuple) else str(idx)
-        lines.append("| " + " | ".join([key, *(str(v) for v in row.tolist())]) + " |")
+        cells = (ABSENT if isinstance(v, float) and v != v else str(v) for v in row.tolist())  # NaN != NaN
+        lines.append("| " + " | ".join([key, *cells]) + " |")
     return "\n".join(lines)
 
 

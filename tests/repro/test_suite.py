@@ -82,3 +82,10 @@ def test_a_planning_pass_writes_no_tables_or_figures(tmp_path, monkeypatch):
     suite.save_figure(fig, "planned", out_dir=tmp_path)
     assert {p.name for p in tmp_path.rglob("planned.*")} == {"planned.csv", "planned.md", "planned.png", "planned.pdf"}
     plt.close(fig)
+
+
+def test_markdown_shows_a_missing_number_as_a_dash():
+    """A spread over one seed, or a pixel metric without masks, reads "—" in every Markdown table, never "nan"."""
+    table = pd.DataFrame({"mean": [97.6, 99.3], "spread": [float("nan"), 0.2]}, index=["one seed", "three seeds"])
+    lines = suite.markdown(table).splitlines()
+    assert lines[2] == "| one seed | 97.6 | — |" and lines[3] == "| three seeds | 99.3 | 0.2 |"
