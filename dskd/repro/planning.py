@@ -1,5 +1,5 @@
 """Plan, then train, then tabulate: `./run_all.sh --executor ray` first runs every chosen notebook in a planning
-pass that records the runs it needs without training any (`experiments.run_grid` under DSKD_PLAN), trains the
+pass that records the runs it needs without training any (`experiments.run_grid` under `planning_pass()`), trains the
 union of those runs once on the executor, and only then runs the notebooks, which find every run cached. Two
 notebooks that need the same run never train it twice."""
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..run.config import RunConfig
 from .executors import execute, summary
+from .experiment_config import PLAN_ENV
 from .notebook_exec import Limits, papermill
 from .task import ExecutorConfig, run_folder
 
@@ -23,7 +24,7 @@ def plan(notebooks: list[Path], params: dict, work: Path, limits: Limits) -> dic
     cells need trained runs) has recorded every run it asked for by then; one that runs past `limits` is stopped."""
     plan_file = work / "plan.jsonl"
     for nb in notebooks:
-        papermill(nb, work / nb.name, params, work / f"{nb.stem}.log", limits, env={"DSKD_PLAN": str(plan_file)})
+        papermill(nb, work / nb.name, params, work / f"{nb.stem}.log", limits, env={PLAN_ENV: str(plan_file)})
     planned: dict[Path, dict[Path, RunConfig]] = {}
     for line in plan_file.read_text().splitlines() if plan_file.is_file() else []:
         entry = json.loads(line)
