@@ -49,7 +49,7 @@ ss -H -atnu > {tmp}/sockets_after.txt
 
 DRIVER = """
 import json
-from dskd.config import RunConfig
+from dskd.run.config import RunConfig
 from dskd.repro.executors import execute
 from dskd.repro.task import ExecutorConfig
 configs = [RunConfig.from_dict(c) for c in json.load(open("{plan}"))]
