@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.common import REPO
 from dskd import suite
 from dskd.atomic import atomic_write, write_text
 from dskd.model.config import MAP_NORMS
@@ -28,7 +29,6 @@ from dskd.repro.task import run_folder
 from dskd.run.config import FIT_MODES, PRECISIONS
 from dskd.run.methods import METHODS
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("dskd", "se_only", "sd_only", "dskd_no_df")
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.common import REPO
 from dskd.atomic import atomic_write, write_text
 from dskd.deploy.predictors import OPENVINO_FP32
 from dskd.repro.tables import markdown
 
-REPO = Path(__file__).resolve().parents[1]
 BATCH, DEPTH = 16, 8  # chain: DEPTH 3x3 convolutions with ReLU, timed at batch BATCH
 
 

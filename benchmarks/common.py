@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]  # the repository: results/ and data beside it
+
 
 def anomalib_available() -> bool:
     try:

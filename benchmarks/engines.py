@@ -25,12 +25,11 @@ import pandas as pd
 import torch
 
 from benchmarks.ceiling import ceiling
-from benchmarks.common import anomalib_available, machine
+from benchmarks.common import REPO, anomalib_available, machine
 from dskd.atomic import atomic_write, write_text
 from dskd.deploy.predictors import OPENVINO_FP32
 from dskd.repro.tables import markdown
 
-REPO = Path(__file__).resolve().parents[1]
 Run = Callable[[np.ndarray], object]
 
 

@@ -7,14 +7,12 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.bench_models import build_bench
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO
 
 
 def metrics_seconds(n: int = 500, size: int = 256) -> tuple[float, float]:

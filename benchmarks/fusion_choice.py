@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.common import REPO
 from dskd import suite
 from dskd.atomic import atomic_write, write_text
 from dskd.repro.tables import ABSENT
 from dskd.run.metrics import all_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 MARGIN = 0.3  # points of the score; below it a difference is a tie (one seed's noise on MT alone is ~1 point)
 GRIDS = {  # first value of each: the default, so the first combination is the defaults

@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import REPO
 from dskd import suite
 from dskd.atomic import write_text
 from dskd.repro.executors import execute
 from dskd.repro.experiments import grid_configs
 from dskd.repro.task import ExecutorConfig
 
-REPO = Path(__file__).resolve().parents[1]
 H200_TRAIN_IMG_S = 838  # results/benchmarks/speed_gpu_h200.md: paper profile (ResNet18, 256 px, batch 16)
 # The paper's grid: training images per category (official splits) and the runs per category of every table and
 # ablation (methods of the tables, students and DF ablations, without double counting), 3 seeds each.

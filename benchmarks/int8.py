@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import machine
+from benchmarks.common import REPO, machine
 from dskd.atomic import atomic_write, write_text
 from dskd.repro.tables import METRICS, markdown
 
-REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "int8", "int8_teacher")  # int8: `--int8` (students and DF embedding); + `--int8-teacher`
 TARGET = 0.5  # points
 

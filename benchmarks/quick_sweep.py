@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import REPO
 from dskd.atomic import atomic_write, write_text
 from dskd.repro.executors import execute
 from dskd.repro.tables import METRICS, markdown
 from dskd.run.profiles import profile_config
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ((128, 21), (192, 10), (256, 5))
 DATASETS = {  # name -> (dataset, category, extra settings)
     "MT Defects": ("mt_defects", "mt_defects", {"split_file": "mt_defects/splits/differnet_train_free.txt"}),

@@ -21,11 +21,9 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_models import ANOMALIB_MODELS, DSKD_MODELS, PLAIN, build_bench
-from benchmarks.common import anomalib_available, machine
+from benchmarks.common import REPO, anomalib_available, machine
 from benchmarks.footprint import cuda_peak_memory_mb, metrics_seconds, peak_memory_mb
 from dskd.model.maps import discrepancy_maps
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _timed(fn: Callable[[], object], n: int) -> float:
