@@ -10,7 +10,7 @@ defect image AUROC, and the same saved maps re-fused without retraining (`analys
 normalization, and for dual runs max fusion and each student alone). Records:
 results/benchmarks/mt_sweep_gpu_h200.jsonl (grid explore), mt_long_gpu_h200.jsonl (long), mt_both_gpu_h200.jsonl
 (both) and mt_longer_gpu_h200.jsonl (longer); `--summarize` tabulates those with three seeds per configuration
-(accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md). The `recipe` grid (seventh session: 42 epochs at 128 px, one
+(accuracy_mt_gpu_long.md, accuracy_mt_gpu_both.md). The `recipe` grid (2026-11-27: 42 epochs at 128 px, one
 process per `--job`) was stopped on the device before its evaluations and left no record (findings section 17).
 The device could only take data under 64 MiB: the images were first downscaled to 256 px on their longer side
 (`--downscale-to` does that into a new folder); the teacher's weights package, absent there, travelled beside them
@@ -36,14 +36,14 @@ def grid(name: str) -> list[tuple[str, int, int, str, int]]:
     """(configuration, image size, epochs, fit mode, seed), most informative first."""
     if name == "smoke":  # a check of the plumbing on any machine
         return [("dskd", 64, 1, "stretch", 0), ("se_only", 64, 1, "pad", 0)]
-    if name == "both":  # fourth session: df_source="both" at the quick profile's 8 epochs, then converged
+    if name == "both":  # 2026-11-26: df_source="both" at the quick profile's 8 epochs, then converged
         quick = ["dskd_df_both", "dskd_df_both_detach", *TRIO, "dskd_df_teacher"]
         runs = [(m, 64, 8, "stretch", s) for s in (0, 1, 2) for m in quick]
         runs += [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in ("dskd_df_both", "dskd_df_both_detach")]
         return runs + [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_df_teacher"]]
-    if name == "recipe":  # seventh session: MT's longer recipe, the quick profile (128 px) at twice its 21 epochs
+    if name == "recipe":  # 2026-11-27: MT's longer recipe, the quick profile (128 px) at twice its 21 epochs
         return [(m, 128, 42, "stretch", s) for s in (0, 1, 2) for m in ("dskd", "se_only", "sd_only", "dskd_no_df")]
-    if name == "longer":  # fourth session: do the students' roles settle further out?
+    if name == "longer":  # 2026-11-26: do the students' roles settle further out?
         return [(m, 64, 30, "stretch", s) for s in (0, 1, 2) for m in TRIO]
     if name == "long":
         runs = [(m, 64, 20, "stretch", s) for s in (0, 1, 2) for m in [*TRIO, "dskd_no_df", "dskd_df_teacher"]]

@@ -1,15 +1,19 @@
 """Atomic writes: every artifact is written to a temporary file beside its target, then renamed over it,
-so a crash or a kill never leaves a half-written checkpoint, table or metrics file."""
+so a crash, a kill or a full disk never leaves a half-written checkpoint, table or metrics file; a write the system
+refuses (no space, read-only, quota) is one line naming the folder, its free space and how far the write got."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+
+from .errors import DskdError
 
 
 def _umask() -> int:
@@ -21,11 +25,32 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+class WriteError(DskdError):
+    """A write the system refused, said in one line; nothing half-written is left."""
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def refused(path: Path, exc: OSError, written: int = 0) -> WriteError:
+    try:
+        free = f"{_mb(shutil.disk_usage(path.parent).free)} free there"
+    except OSError:
+        free = "its free space unknown"
+    reached = f"; the write had reached {_mb(written)} when it failed" if written else ""
+    return WriteError(f"could not write {path.name} in {path.parent} ({exc.strerror or exc}; {free}{reached}); free "
+                      "space, or choose a folder you may write to")
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, flush it to disk, then rename it to `path`."""
+    """Call `write(tmp_path)`, flush it to disk, then rename it to `path`; an OSError becomes a `WriteError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise refused(path, exc) from exc
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes private files; artifacts get the usual permissions
@@ -33,6 +58,13 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        written = 0
+        with suppress(OSError):
+            written = os.path.getsize(tmp)
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise refused(path, exc, written) from exc
     except BaseException:
         with suppress(OSError):
             os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""`python -m dskd {train,evaluate,predict,export}`: a thin layer over the library.
+"""`python -m dskd {train,evaluate,predict,calibrate,export}`: a thin layer over the library.
 
 The `train` flags are generated from the settings dataclasses (`dskd.run.config`): every field is a flag with its
 choices, its help line and the chosen profile's value as the default shown in `--help`. Problems with arguments
@@ -20,7 +20,7 @@ from .errors import DskdError, os_problem
 from .model.config import ModelConfig
 from .run.config import DEVICES, OptimConfig, RunConfig
 from .run.profiles import BY_DATASET, PROFILES, profile_config
-from .settings import choices_of, flag_type
+from .settings import checked_flag, choices_of, flag_type
 
 log = logging.getLogger("dskd")
 NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
@@ -68,7 +68,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, nargs=nargs, choices=choices_of(f), default=None,
+            parser.add_argument(flag, dest=name, type=checked_flag(f, typing.get_type_hints(owner)[f.name], kind, name),
+                                nargs=nargs, choices=choices_of(f), default=None,
                                 metavar=None if choices_of(f) else name.upper(), help=help_text)
 
 
@@ -98,7 +99,7 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     e.add_argument("--save-maps", action="store_true", help="store maps, scores, labels and masks (maps.npz)")
     e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--threshold-from", metavar="DIR", help="a labelled folder (good/ and one folder per defect "
-                   "type): set the deployed threshold at its F1-max instead of on the validation images")
+                   "type): decide this evaluation at its F1-max threshold; the deployed decision stays as it is")
 
     r = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     source = r.add_mutually_exclusive_group(required=True)
@@ -109,6 +110,19 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     r.add_argument("--out", required=True)
     r.add_argument("--device", default="auto", choices=DEVICES)
     r.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("calibrate", help="reset the deployed threshold on good images taken on the line",
+                       description="Sets the threshold by the rule training uses, on good images only, and states the "
+                                   "false-alarm rate it promises; the previous decision stays in the record.")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a trained run folder (PyTorch); export it again afterwards")
+    source.add_argument("--model", help="an exported .onnx or OpenVINO .xml file, rewritten in place (no PyTorch)")
+    c.add_argument("--engine", choices=ENGINES, help="default: torch for --run, else by the file's suffix")
+    c.add_argument("inputs", nargs="+", metavar="GOOD_DIR", help="folders (or files) of good images from the line")
+    c.add_argument("--max-false-alarm", type=float, help="target false-alarm rate (default: the current decision's)")
+    c.add_argument("--device", default="auto", choices=DEVICES)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     _add_export(sub)
     return p
@@ -172,8 +186,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     for key, label in shown.items():
         if key == "false_alarm_rate":
             print(f"at the deployed threshold {d['threshold']:.4f} ({d['rule']}, set on {d['source']}):")
+            if result["bound_false_alarm"] is not None:
+                print(f"{'promised false alarms':>40}: {result['expected_false_alarm']:.4f} on average, at most "
+                      f"{result['bound_false_alarm']:.4f} with {d['confidence']:.0%} confidence")
         value = result.get(key)
-        print(f"{label:>40}: {'—' if value is None else f'{value:.4f}' if isinstance(value, float) else value}")
+        interval = result.get({"false_alarm_rate": "false_alarm_interval", "recall": "recall_interval"}.get(key, ""))
+        shown_value = '—' if value is None else f'{value:.4f}' if isinstance(value, float) else value
+        print(f"{label:>40}: {shown_value}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}] (95%, Clopper-Pearson)"
+                                                if interval else ""))
+    if result["shift"] is not None:
+        sh = result["shift"]
+        print(f"{'good images like the calibration ones':>40}: {'no' if sh['shifted'] else 'yes'} (p = "
+              f"{sh['p_value']:.2g}, level {sh['level']}; {sh['test']})")
     for kind, s in result["score_summary"].items():
         print(f"{kind:>40}: {s['n']} image(s), scores {s['min']:.4f} to {s['max']:.4f} (median {s['median']:.4f}); "
               f"{s['at_or_above_threshold']:.1%} at or above the threshold")
@@ -183,12 +207,22 @@ def _predict(args: argparse.Namespace) -> None:
     from .deploy.prediction import predict
 
     rows = predict(args.run, args.inputs, args.out, model=args.model, engine=args.engine, device=args.device,
-                   strict=args.strict)
+                   strict=args.strict, quiet=args.quiet)
     for row in rows:
         score = "" if row["error"] else format(row["score"], ".5f")
         print(f"{score}\t{row['decision'] or 'unreadable'}\t{row['path']}")
     if not any(not row["error"] for row in rows):
         raise DskdError(f"none of the {len(rows)} image(s) could be read; see {args.out}/scores.csv")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from .deploy.calibration import calibrate
+
+    d = calibrate(args.inputs, run=args.run, model=args.model, engine=args.engine, device=args.device,
+                  max_false_alarm=args.max_false_alarm, quiet=args.quiet)
+    print(f"threshold {d.threshold:.6g} on {d.source}: it {d.promise()}")
+    if d.note:
+        print(f"note: {d.note}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -218,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = next((a for a in argv if not a.startswith("-")), None)
         args = build_parser(_profile_in(argv), settings=command in ("train", None)).parse_args(argv)
-        {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export}[args.command](args)
+        {"train": _train, "evaluate": _evaluate, "predict": _predict, "calibrate": _calibrate,
+         "export": _export}[args.command](args)
     except DskdError as exc:
         if debug:
             raise

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import lzma
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +117,27 @@ def download(name: str, root: Path | str) -> Path:
     if not archive.exists():
         try:
             fetch(src.url, archive)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise _offline_error(name, src, root, exc) from exc
+        except OSError as exc:  # writing it: a full disk, a read-only folder
+            raise DskdError(f"could not write {archive}.part ({exc.strerror or exc}); free space or choose another "
+                            "--root: what was downloaded is kept and the next run resumes it") from exc
     if src.sha256 and sha256sum(archive) != src.sha256:
         raise DskdError(f"{archive}: checksum mismatch; delete it and download again")
     staging = root / f".{src.folder}.extracting"
     shutil.rmtree(staging, ignore_errors=True)
-    safe_extract(archive, staging)
+    try:
+        safe_extract(archive, staging)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.filename is not None:
+            raise
+        raise DskdError(f"{archive} ({archive.stat().st_size:,} bytes) is not a complete {src.archive} archive "
+                        f"({type(exc).__name__}: {exc}); it is truncated or corrupt: delete it and download it again "
+                        f"from {src.page}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     # Move the extracted data into place: the archive's single top folder, or the staging folder itself.
     entries = [p for p in staging.iterdir()]
     top = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging

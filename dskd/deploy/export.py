@@ -34,7 +34,7 @@ from ..errors import DskdError
 from ..model.network import DSKD
 from ..run.folder import LoadedRun, load_run
 from ..version import __version__
-from .predictors import FORMATS
+from .predictors import FORMATS, decision_metadata
 
 log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
@@ -64,9 +64,7 @@ def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str,
     return {"dskd_version": __version__, "fingerprint": cfg.fingerprint(), "run_name": loaded.run.path.name,
             "image_size": str(image_size), "fit_mode": cfg.fit_mode,
             "batch": "dynamic" if batch is None else str(batch), "precision": "fp32",
-            "threshold": repr(decision.threshold), "threshold_rule": decision.rule,
-            "pixel_threshold": repr(decision.pixel_threshold), "decision": json.dumps(decision.to_dict()),
-            "students": ",".join(loaded.model.students),
+            **decision_metadata(decision), "students": ",".join(loaded.model.students),
             "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
                 "; valid: bool N x S x S" if cfg.fit_mode == "pad" else "")}
 

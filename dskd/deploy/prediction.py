@@ -1,11 +1,12 @@
 """Prediction on a user's own images, whichever engine runs the model: overlays at each image's own size and
-`scores.csv`, surviving unreadable files. Needs no PyTorch unless the engine is PyTorch."""
+`scores.csv`, surviving unreadable files, never overwriting one output with another. Needs no PyTorch unless the
+engine is PyTorch."""
 
 from __future__ import annotations
 
 import csv
-import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, write_text
+from ..atomic import WriteError, atomic_write
 from ..data.images import IMAGE_EXTS, content_mask, fit_to_square, read_image
 from ..errors import DskdError
+from ..run.decision import excess_flags
+from ..stats import SHIFT_LEVEL
 from . import overlay
 from .predictors import Predictor, open_predictor
 
@@ -23,19 +26,32 @@ log = logging.getLogger(__name__)
 COLUMNS = ["path", "score", "decision", "threshold", "overlay", "error"]
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    paths: list[Path] = []
+def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
+    """(image, its output name relative to --out) for every image file named or inside a folder named. A folder's
+    images keep their names under the folder's own name when several inputs are given; any name taken twice
+    (000.png in two folders, 000.png beside 000.jpg) gets a numbered suffix, so no output overwrites another."""
+    found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-            if not found:
+            images = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            if not images:
                 raise DskdError(f"{item}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
-            paths += found
+            prefix = Path(item.resolve().name) if len(inputs) > 1 else Path()
+            found += [(p, prefix / p.stem) for p in images]
         elif item.is_file():
-            paths.append(item)
+            found.append((item, Path(item.stem)))
         else:
             raise DskdError(f"{item}: no such image or folder")
-    return paths
+    taken: set[str] = set()
+    named = []
+    for path, stem in found:
+        name, k = f"{stem}_overlay.png", 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{stem}_{k}_overlay.png"
+        taken.add(name.lower())
+        named.append((path, Path(name)))
+    return named
 
 
 def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float]:
@@ -47,14 +63,38 @@ def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarra
     return maps[0], float(scores[0])
 
 
-def _one(predictor: Predictor, path: Path, out: Path) -> dict[str, Any]:
-    original = read_image(path)
-    amap, score = predict_image(predictor, original)
-    target = out / f"{path.stem}_overlay.png"
-    picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score, predictor.pixel_threshold)
-    atomic_write(target, lambda tmp: picture.save(tmp, "PNG"))
-    return {"path": str(path), "score": score, "decision": "defective" if score >= predictor.threshold else "good",
-            "threshold": predictor.threshold, "overlay": str(target), "error": ""}
+def scored(predictor: Predictor, paths: list[Path], desc: str, quiet: bool
+           ) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, float | DskdError]]:
+    """(path, image, map, score) for each path in turn, or (path, None, None, the error) for an unreadable one."""
+    for path in tqdm(paths, desc=desc, disable=quiet, unit="image"):
+        try:
+            original = read_image(path)
+        except DskdError as exc:
+            yield path, None, None, exc
+            continue
+        amap, score = predict_image(predictor, original)
+        yield path, original, amap, score
+
+
+class _ScoresFile:
+    """`scores.csv`, rewritten (atomically) every `every` rows and at the end: a failure keeps what was done."""
+
+    def __init__(self, path: Path, every: int = 50) -> None:
+        self.path, self.every, self.rows = path, every, []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) % self.every == 0:
+            self.write()
+
+    def write(self) -> None:
+        def save(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        atomic_write(self.path, save)
 
 
 def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Path, *, model: str | Path | None = None,
@@ -62,30 +102,60 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
             strict: bool = False) -> list[dict[str, Any]]:
     """Overlays and `scores.csv` for a user's images, from a run folder (PyTorch) or an exported `model` file.
 
-    The decision is `score >= threshold`, the run's deployed threshold (`dskd.run.decision`: set on good images held
-    out of training, never on test labels; stored in the run and in exported files). An unreadable image
-    is skipped with a warning and listed in `scores.csv` with its error (with `strict`, it stops the prediction).
-    """
+    The decision is `score >= threshold`, the run's deployed threshold (`dskd.run.decision`: set on good images,
+    never on test labels; stored in the run and in exported files). An unreadable image is skipped with a warning
+    and listed in `scores.csv` with its error (with `strict`, it stops the prediction). When the share flagged is
+    clearly above what the threshold promises for good images, one warning says so (a changed line or camera)."""
     predictor = open_predictor(run_dir, model, engine, device)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DskdError(f"{out} is a file, not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("predicting with %s (threshold %.4g, %s; outline at %.4g)", predictor.source, predictor.threshold,
-             predictor.threshold_rule, predictor.pixel_threshold)
-    rows = []
-    for path in tqdm(collect_images(inputs), desc="predict", disable=quiet):
-        try:
-            rows.append(_one(predictor, path, out))
-        except DskdError as exc:
-            if strict:
-                raise
-            log.warning("skipped %s", exc)
-            rows.append({"path": str(path), "score": "", "decision": "", "threshold": predictor.threshold,
-                         "overlay": "", "error": str(exc)})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "scores.csv", buf.getvalue())
-    return rows
+    named = collect_images(inputs)
+    log.info("predicting %d image(s) with %s (threshold %.4g, %s; outline at %.4g)", len(named), predictor.source,
+             predictor.threshold, predictor.decision.rule, predictor.pixel_threshold)
+    targets = dict(named)
+    table = _ScoresFile(out / "scores.csv")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, original, amap, score in scored(predictor, [p for p, _ in named], "predict", quiet):
+            if isinstance(score, DskdError):
+                if strict:
+                    raise score
+                log.warning("skipped %s", score)
+                table.add({"path": str(path), "score": "", "decision": "", "threshold": predictor.threshold,
+                           "overlay": "", "error": str(score)})
+                continue
+            target = out / targets[path]
+            picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score,
+                                     predictor.pixel_threshold)
+            atomic_write(target, lambda tmp, pic=picture: pic.save(tmp, "PNG"))
+            table.add({"path": str(path), "score": score, "threshold": predictor.threshold, "overlay": str(target),
+                       "decision": "defective" if score >= predictor.threshold else "good", "error": ""})
+        table.write()
+    except WriteError as exc:
+        raise DskdError(_stopped(exc, table, len(named))) from exc
+    _check_share(predictor, table.rows)
+    return table.rows
+
+
+def _stopped(exc: WriteError, table: _ScoresFile, total: int) -> str:
+    """The one line of a prediction that a full disk (or a read-only folder) stopped: how far it got, what was kept."""
+    try:
+        table.write()
+        kept = f"their scores are in {table.path}"
+    except WriteError:
+        kept = f"{table.path} could not be written either"
+    return f"{exc}; stopped after {len(table.rows)} of {total} images ({kept})"
+
+
+def _check_share(predictor: Predictor, rows: list[dict[str, Any]]) -> None:
+    read = [r for r in rows if not r["error"]]
+    flagged = sum(r["decision"] == "defective" for r in read)
+    p = excess_flags(predictor.decision, flagged, len(read))
+    if p is not None and p < SHIFT_LEVEL:
+        log.warning("%d of %d images flagged (%.1f%%), clearly above the %.1f%% the threshold promises for good parts "
+                    "(one-sided binomial test, p = %.2g < %g): if most of these parts are good, the line or the camera "
+                    "has changed since calibration; calibrate on good images from the line: python -m dskd calibrate "
+                    "%s GOOD_DIR", flagged, len(read), 100 * flagged / len(read),
+                    100 * predictor.decision.bound_false_alarm, p, SHIFT_LEVEL,
+                    f"--run {predictor.source}" if predictor.kind == "run" else f"--model {predictor.source}")

@@ -3,6 +3,7 @@ through ONNX Runtime or OpenVINO. The exported engines need NumPy, Pillow and th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DskdError
+from ..run.decision import Decision
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 FORMATS = ("onnx", "openvino", "torchscript")  # what `dskd.deploy.export` writes
@@ -22,25 +24,45 @@ Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray
 @dataclass
 class Predictor:
     """`infer(images, valid)`: images N x 3 x S x S uint8 (RGB), valid N x S x S bool (pad mode) or None; returns
-    maps N x S x S and scores N. Exported models take the images as float32 in [0, 1]."""
+    maps N x S x S and scores N. Exported models take the images as float32 in [0, 1]. `path` is the file or run
+    folder the predictor reads, `kind` what it is ("run", "onnx" or "openvino")."""
 
     infer: Infer
     image_size: int
     fit_mode: str
-    threshold: float  # image level: defective when score >= threshold
-    threshold_rule: str
+    decision: Decision  # the deployed decision: defective when score >= decision.threshold
     source: str
-    pixel_threshold: float  # the overlay outlines pixels >= it
+    kind: str = "run"
+
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+    @property
+    def pixel_threshold(self) -> float:  # the overlay outlines pixels >= it
+        return self.decision.pixel_threshold
 
     @classmethod
-    def from_metadata(cls, infer: Infer, meta: dict[str, str], source: str) -> Predictor:
+    def from_metadata(cls, infer: Infer, meta: dict[str, str], source: str, kind: str) -> Predictor:
         missing = [k for k in ("image_size", "fit_mode", "threshold") if k not in meta]
         if missing:
             raise DskdError(f"{source} lacks dskd metadata ({', '.join(missing)}); export it with "
                             "'python -m dskd export --run RUN'")
-        threshold = float(meta["threshold"])
-        return cls(infer, int(meta["image_size"]), meta["fit_mode"], threshold, meta.get("threshold_rule", "?"),
-                   source, float(meta.get("pixel_threshold", threshold)))
+        try:
+            stored = json.loads(meta["decision"]) if "decision" in meta else {
+                "threshold": float(meta["threshold"]), "rule": meta.get("threshold_rule", "val_false_alarm"),
+                "source": "the exported file's metadata", "n_images": 0}
+            size = int(meta["image_size"])
+        except ValueError as exc:
+            raise DskdError(f"{source}: its dskd metadata is corrupt ({exc}); export it again") from exc
+        return cls(infer, size, meta["fit_mode"], Decision.from_dict(stored, f"{source} (decision metadata)"),
+                   source, kind)
+
+
+def decision_metadata(decision: Decision) -> dict[str, str]:
+    """The decision as an exported file carries it (read back by `Predictor.from_metadata`)."""
+    return {"threshold": repr(decision.threshold), "threshold_rule": decision.rule,
+            "pixel_threshold": repr(decision.pixel_threshold), "decision": json.dumps(decision.to_dict())}
 
 
 def as_input(images: np.ndarray) -> np.ndarray:
@@ -70,7 +92,7 @@ def onnxruntime_predictor(path: Path) -> Predictor:
         amap, score = session.run(["map", "score"], feed)
         return amap[:, 0], score
 
-    return Predictor.from_metadata(infer, session.get_modelmeta().custom_metadata_map, str(path))
+    return Predictor.from_metadata(infer, session.get_modelmeta().custom_metadata_map, str(path), "onnx")
 
 
 def openvino_predictor(path: Path) -> Predictor:
@@ -81,7 +103,7 @@ def openvino_predictor(path: Path) -> Predictor:
     except Exception as exc:  # OpenVINO raises RuntimeError for bad files
         raise DskdError(f"{path}: not a readable OpenVINO model ({type(exc).__name__}); export it again") from exc
     meta = {}
-    for key in ("image_size", "fit_mode", "threshold", "threshold_rule", "pixel_threshold"):
+    for key in ("image_size", "fit_mode", "threshold", "threshold_rule", "pixel_threshold", "decision"):
         for section in ("dskd", "framework"):  # our IR's own section; an ONNX file's metadata lands in "framework"
             if key not in meta and model.has_rt_info([section, key]):
                 meta[key] = model.get_rt_info([section, key]).astype(str)
@@ -92,7 +114,7 @@ def openvino_predictor(path: Path) -> Predictor:
         out = compiled({"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})})
         return out[compiled.output("map")][:, 0], out[compiled.output("score")]
 
-    return Predictor.from_metadata(infer, meta, str(path))
+    return Predictor.from_metadata(infer, meta, str(path), "openvino")
 
 
 def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
@@ -112,8 +134,7 @@ def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
         return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy()
 
     cfg = loaded.run.config
-    return Predictor(infer, cfg.image_size, cfg.fit_mode, decision.threshold, decision.rule, str(run_dir),
-                     decision.pixel_threshold)
+    return Predictor(infer, cfg.image_size, cfg.fit_mode, decision, str(run_dir), "run")
 
 
 def open_predictor(run: str | Path | None = None, model: str | Path | None = None, engine: str | None = None,

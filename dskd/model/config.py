@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import DskdError
-from ..settings import check_choices, setting
+from ..settings import check_values, setting
 
 N_SCALES = 3  # pyramid levels (strides 4, 8, 16) of every teacher, student, map and loss
 VARIANTS = ("dskd", "se_only", "sd_only", "dskd_no_df", "dual_se", "dual_sd")
@@ -40,22 +40,21 @@ class ModelConfig:
                                    "(the same with a ResNet18 teacher)", DF_INPUTS)
     loss: str = setting("pixel_cosine", "per-pixel cosine (STFPM) or one cosine per flattened map (Reverse "
                                         "Distillation)", LOSS_KINDS)
-    scale_weights: tuple[float, ...] = setting((1.0, 1.0, 1.0), "loss weight of each pyramid level, finest first")
-    se_weight: float = setting(1.0, "weight of Se's loss in the total")
-    sd_weight: float = setting(1.0, "weight of Sd's loss in the total")
+    scale_weights: tuple[float, ...] = setting((1.0, 1.0, 1.0), "loss weight of each pyramid level, finest first",
+                                               at_least=0)
+    se_weight: float = setting(1.0, "weight of Se's loss in the total", at_least=0)
+    sd_weight: float = setting(1.0, "weight of Sd's loss in the total", at_least=0)
     scale_fusion: str = setting("sum", "how a student's per-scale maps combine", SCALE_FUSIONS)
     student_fusion: str = setting("sum", "how the students' maps combine", STUDENT_FUSIONS)
-    sigma: float = setting(4.0, "Gaussian smoothing of the map, in input pixels (0: none)")
-    score_topk: int = setting(0, "image score: 0 = max of the map, k = mean of its k largest pixels")
+    sigma: float = setting(4.0, "Gaussian smoothing of the map, in input pixels (0: none)", at_least=0, at_most=64)
+    score_topk: int = setting(0, "image score: 0 = max of the map, k = mean of its k largest pixels", at_least=0)
     map_norm: str = setting("zscore", "per student and scale, normalize maps with training-image statistics before "
                                       "fusing (zscore measured best, docs/findings.md)", MAP_NORMS)
 
     def resolved(self) -> ModelConfig:
-        check_choices(self)
+        check_values(self)
         if len(self.scale_weights) != N_SCALES:
             raise DskdError(f"scale_weights needs {N_SCALES} values, got {self.scale_weights!r}")
-        if self.sigma < 0 or self.score_topk < 0:
-            raise DskdError(f"sigma ({self.sigma}) and score_topk ({self.score_topk}) must not be negative")
         if (source := self.df_source) == "none" and self.variant not in FORWARD_ONLY:
             raise DskdError(f"variant '{self.variant}' needs df_source 'auto' or one of {', '.join(DF_SOURCES)}, "
                             "not 'none'")

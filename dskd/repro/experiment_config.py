@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import DskdError
 from ..run.config import RunConfig
 from ..run.profiles import PROFILES, profile_config
-from ..settings import choices_of, flag_type, setting
+from ..settings import check_values, checked_flag, choices_of, flag_type, setting
 from .task import ExecutorConfig
 
 
@@ -67,11 +67,14 @@ class ExperimentConfig:
                                           "itself)")
     categories: list[str] | None = setting(None, "None: every category of the dataset")
     backbone: str | None = setting(None, "None: the profile's teacher")
-    image_size: int | None = setting(None, "None: the profile's (quick: each dataset's own)")
-    epochs: int | None = setting(None, "None: the profile's (quick: each dataset's own)")
-    seeds: list[int] = setting(help="training seeds of every run", factory=lambda: [0])
+    image_size: int | None = setting(None, "None: the profile's (quick: each dataset's own)", at_least=32,
+                                     at_most=1024, multiple_of=32)
+    epochs: int | None = setting(None, "None: the profile's (quick: each dataset's own)", at_least=1)
+    seeds: list[int] = setting(help="training seeds of every run", factory=lambda: [0], at_least=0,
+                               at_most=2**32 - 1)
     out_dir: str = setting("../results/demo", "tables, figures and runs; ./run_all.sh passes results/<profile>")
-    complexity_size: int | None = setting(None, "image side of the complexity table; None: the profile's")
+    complexity_size: int | None = setting(None, "image side of the complexity table; None: the profile's",
+                                          at_least=32, at_most=1024, multiple_of=32)
     executor: ExecutorConfig = setting(help="where the runs a notebook lacks are trained", factory=ExecutorConfig)
 
     def rules(self) -> ProfileRules:
@@ -177,7 +180,9 @@ def from_parameters(values: Mapping[str, Any]) -> ExperimentConfig:
     mine = {n: values[n] for n in known if values.get(n) is not None}  # None: not given
     executor = {known[n][0].name: v for n, v in mine.items() if known[n][1] is ExecutorConfig}
     top = {n: (list(v) if isinstance(v, tuple) else v) for n, v in mine.items() if known[n][1] is ExperimentConfig}
-    return ExperimentConfig(**top, executor=ExecutorConfig(**executor).validate())
+    config = ExperimentConfig(**top, executor=ExecutorConfig(**executor).validate())
+    check_values(config)
+    return config
 
 
 def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -188,8 +193,9 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
             continue
         kind, nargs = flag_type(hints[owner][f.name], _default(f))
         help_text = f.metadata["help"] + ("" if _default(f) is None else f" (default: {_default(f)})")
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, nargs=nargs, type=kind,
-                            choices=choices_of(f), help=help_text.replace("%", "%%"))
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, nargs=nargs,
+                            type=checked_flag(f, hints[owner][f.name], kind, name), choices=choices_of(f),
+                            help=help_text.replace("%", "%%"))
 
 __all__ = ["PROFILE_RULES", "Experiment", "ExperimentConfig", "ProfileRules", "add_flags", "flatten",
            "from_parameters", "parameter_fields", "parameters_cell"]

@@ -1,15 +1,17 @@
 """One notebook under papermill, in bounded time: the cell limit and the kernel's start limit go to papermill (nbclient
 enforces them), and a wall-clock limit on the whole process catches what they cannot (a client that stops reading,
-a kernel that never shuts down). The notebook runs in its own folder, as it would in Jupyter."""
+a kernel that never shuts down). The notebook runs in its own folder, as it would in Jupyter. A signal to run_all
+stops every process it started (`stop_everything`)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import signal
+import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +31,16 @@ class Limits:
         return self.start_s + self.cell_s * max(1, len(cells)) + 60
 
 
+STOP = threading.Event()  # set when run_all is told to stop (a signal): nothing new starts, what runs is stopped
+INTERRUPTED = "interrupted"
+
+
 def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, limits: Limits,
               env: dict[str, str] | None = None) -> str | None:
-    """Run one notebook; None when it succeeded, else why not: `timed out`, `kernel died` or `failed`."""
+    """Run one notebook; None when it succeeded, else why not: `timed out`, `kernel died`, `interrupted` or
+    `failed`."""
+    if STOP.is_set():
+        return INTERRUPTED
     executed.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-k", "python3", "--cwd",
            str(notebook.parent), "--log-output", "--no-progress-bar", "--execution-timeout", str(limits.cell_s),
@@ -39,27 +48,64 @@ def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, limi
     for k, v in params.items():
         cmd += ["-y", json.dumps({k: v})]
     with open(log_file, "w") as log:
-        # papermill in a process group of its own, stopped whole at the limit; its kernel, which jupyter_client starts
-        # in a session of its own, shuts itself down once papermill is gone (ipykernel watches its parent).
+        # papermill in a process group of its own; its kernel, which jupyter_client starts in a session of its own,
+        # is still its child: both are stopped as one tree (`stop_tree`) at the limit or on a signal.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)
         total_s = limits.total_s(notebook)
         try:
             code = proc.wait(timeout=total_s)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            stop_tree(proc.pid)
             log.write(f"\n[run_all] stopped after {total_s} s, the notebook's wall-clock limit\n")
             return TIMED_OUT
         except BaseException:  # Ctrl-C or an error here: the notebook and its kernel stop too
-            _stop(proc)
+            stop_tree(proc.pid)
             raise
+    if STOP.is_set():
+        return INTERRUPTED
     return None if code == 0 else _why(log_file.read_text(errors="replace"))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):  # it may have ended by itself meanwhile
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def stop_tree(pid: int, include_root: bool = True, grace_s: float = 5.0) -> None:
+    """Stop a process and every process below it (papermill, its kernel, the kernel's training workers or Ray
+    cluster): SIGTERM to all, SIGKILL to those left after `grace_s`. The tree is read before anything is
+    signalled, so that no orphan escapes it."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + ([root] if include_root else [])
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def stop_everything() -> None:
+    """What a signal to run_all does: nothing new starts, and every process run_all started is stopped."""
+    STOP.set()
+    stop_tree(os.getpid(), include_root=False)
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt|Exit))\b:?\s*(.*)$")
+
+
+def last_error(log: str) -> str:
+    """The last exception line of a notebook's log ("DskdError: ..."), papermill's own wrapper left out; else the
+    log's last line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).rstrip() for ln in log.splitlines()]
+    for line in reversed(lines):
+        m = _ERROR_LINE.match(line)
+        if m and m.group(1) != "PapermillExecutionError" and m.group(2):
+            return f"{m.group(1)}: {m.group(2)}"[:300]
+    return next((ln.strip() for ln in reversed(lines) if ln.strip()), "")[:300]
 
 
 def _why(log: str) -> str:

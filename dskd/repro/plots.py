@@ -58,7 +58,9 @@ def _numeric(runs: pd.DataFrame) -> pd.DataFrame:
 
 def curves_figure(runs: pd.DataFrame, exp: Experiment | None = None):
     """Image ROC and PRO (to FPR 0.3) per method, each the vertical mean over the method's runs (categories x
-    seeds) on a common FPR grid. Without masks the PRO panel says so."""
+    seeds) on a common FPR grid; on the ROC, each run's deployed operating point (a dot) and the false-alarm bound
+    its threshold promised (a dashed line), so a reader sees where the line will sit. Without masks the PRO panel
+    says so."""
     if runs.empty:
         return _nothing()
     plt, _ = _theme()
@@ -77,12 +79,17 @@ def curves_figure(runs: pd.DataFrame, exp: Experiment | None = None):
         score = _numeric(sub)["image_auroc"].mean()
         roc_ax.plot(np.r_[0, grid], np.r_[0, np.mean(tprs, axis=0)], color=colors().get(method),
                     label=f"{method} ({score:.1f})")
+        _operating_points(roc_ax, sub, colors().get(method))
         if pros:
             has_masks = True
             au = _numeric(sub)["aupro"].mean()
             pro_ax.plot(grid * FPR_LIMIT, np.mean(pros, axis=0), color=colors().get(method),
                         label=f"{method} ({au:.1f})")
     roc_ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    for bound in sorted(set(pd.to_numeric(runs.get("bound_false_alarm", pd.Series(dtype=float))).dropna())):
+        roc_ax.axvline(bound, color="0.35", linestyle="--", linewidth=0.8)
+        roc_ax.annotate(f"promised ≤ {100 * bound:.1f} %", (bound, 0.02), rotation=90, fontsize=7, color="0.35",
+                        xytext=(2, 0), textcoords="offset points")
     roc_ax.set(xlabel="false-positive rate (images)", ylabel="true-positive rate", title="image ROC (AUROC %)")
     pro_ax.set(xlabel="false-positive rate (pixels)", ylabel="per-region overlap", xlim=(0, FPR_LIMIT), ylim=(0, 1),
                title=f"PRO up to FPR {FPR_LIMIT} (AUPRO %)")
@@ -93,6 +100,17 @@ def curves_figure(runs: pd.DataFrame, exp: Experiment | None = None):
         pro_ax.text(0.5, 0.5, "no pixel masks in this data", ha="center", va="center", transform=pro_ax.transAxes)
     _title(fig, "ROC and PRO curves", exp)
     return fig
+
+
+def _operating_points(ax, runs: pd.DataFrame, color) -> None:
+    """Each run's deployed operating point: the test's false-alarm rate and recall at its threshold."""
+    if "false_alarm_rate" not in runs:
+        return
+    fa, rec = pd.to_numeric(runs["false_alarm_rate"]), pd.to_numeric(runs["recall"])
+    keep = fa.notna() & rec.notna()
+    if keep.any():
+        ax.scatter(fa[keep], rec[keep], color=color, edgecolor="black", linewidth=0.6, s=28, zorder=3,
+                   marker="o")
 
 
 def bars_figure(runs: pd.DataFrame, exp: Experiment | None = None, metrics=METRICS):

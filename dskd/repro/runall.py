@@ -13,19 +13,33 @@ whose kernel dies is run once more in a fresh kernel, then reported as `timed ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..atomic import write_json, write_text
 from ..errors import DskdError, os_problem
 from .experiment_config import PROFILE_RULES, ExperimentConfig, add_flags, from_parameters, parameter_fields
-from .notebook_exec import KERNEL_DIED, START_TIMEOUT, TIMED_OUT, Limits, papermill
+from .notebook_exec import (
+    INTERRUPTED,
+    KERNEL_DIED,
+    START_TIMEOUT,
+    STOP,
+    TIMED_OUT,
+    Limits,
+    last_error,
+    papermill,
+    stop_everything,
+)
 from .task import ExecutorConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +62,8 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
     if not force and executed.is_file() and stamp_file.is_file() and \
             json.loads(stamp_file.read_text()).get("stamp") == stamp:
         return notebook.stem, "up to date", 0.0
+    if STOP.is_set():
+        return notebook.stem, "not started (run_all was stopped)", 0.0
     t0 = time.perf_counter()
     log_file = executed.with_suffix(".log")
     why = papermill(notebook, executed, params, log_file, limits)
@@ -62,9 +78,30 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
         write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
         return notebook.stem, f"ok (retried after: {first})" if retried else "ok", minutes
     stamp_file.unlink(missing_ok=True)
+    if why == INTERRUPTED:
+        mark_interrupted(executed)
+        return notebook.stem, f"interrupted (partial copy marked as such: {executed.name})", minutes
     shown = log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file
-    return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''} (see {shown})", \
-        minutes
+    said = f": {last_error(log_file.read_text(errors='replace'))}" if why == "failed" else ""
+    return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''}{said} (see " \
+        f"{shown})", minutes
+
+
+def mark_interrupted(executed: Path) -> None:
+    """The executed copy of a notebook that a signal stopped says so in its first cell and its metadata, so that
+    nobody reads its tables as finished."""
+    if not executed.is_file():
+        return
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, ValueError):
+        executed.unlink(missing_ok=True)  # half-written by papermill as it was stopped: nothing to keep
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    nb.setdefault("metadata", {})["dskd"] = {"interrupted": when}
+    nb.setdefault("cells", []).insert(0, {"cell_type": "markdown", "metadata": {}, "source": [
+        f"**Interrupted** ({when}): run_all was stopped while this notebook ran; this copy is incomplete."]})
+    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def portable(executed: Path) -> None:
@@ -82,8 +119,14 @@ def succeeded(status: str) -> bool:
     return status.startswith(("ok", "up to date"))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line and exit code 2, like every other user error
+        print(f"error: ./run_all.sh: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="./run_all.sh",
         description="Regenerate every table and figure by running the notebooks with papermill. With no "
                     "arguments: the offline demo (synthetic data, EfficientNet-Lite0 teacher) in about 5 "
@@ -92,8 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME",
                    help="run only these notebooks (a name or its prefix, e.g. 10_table_mvtec_ad or 10)")
     p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
-    p.add_argument("--timeout", type=_positive, metavar="SECONDS",
+    p.add_argument("--jobs", type=_positive("notebooks"), default=1, help="notebooks run in parallel (default 1)")
+    p.add_argument("--timeout", type=_positive("seconds"), metavar="SECONDS",
                    help="most seconds one notebook cell may run before the notebook is stopped, retried once, and "
                         "reported (default by profile: " +
                         ", ".join(f"{k} {r.cell_timeout_s}" for k, r in PROFILE_RULES.items()) +
@@ -112,10 +155,35 @@ def _writable(out_dir: Path) -> Path:
     return out_dir
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of seconds above 0, not '{text}'")
-    return int(text)
+def _positive(what: str):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of {what} above 0, not '{text}'")
+        return int(text)
+
+    return parse
+
+
+def _check_categories(config: ExperimentConfig) -> None:
+    """Every category named must be one that some dataset of the profile knows (or that the data root holds), so
+    that a typo stops run_all at once instead of leaving every table "skipped"."""
+    if not config.categories:
+        return
+    from ..data import REGISTRY, categories
+
+    if config.rules().stand_in:
+        known = set(categories("synthetic"))
+    else:
+        known = {c for name, spec in REGISTRY.items() if name != "synthetic" for c in spec.categories}
+        if config.data_root:
+            for name in REGISTRY:
+                with contextlib.suppress(DskdError, OSError):
+                    known |= set(categories(name, config.data_root))
+    unknown = [c for c in config.categories if c not in known]
+    if unknown:
+        shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
+        raise DskdError(f"--categories {' '.join(unknown)}: no dataset of the {config.profile} profile has "
+                        f"{'it' if len(unknown) == 1 else 'them'}; known: {shown}")
 
 
 def _chosen(only: list[str] | None) -> list[Path]:
@@ -137,10 +205,46 @@ def main(argv: list[str] | None = None) -> int:
         config = from_parameters(vars(args))
         if config.data_root and not Path(config.data_root).is_dir():
             raise DskdError(f"--data-root {config.data_root} does not exist; pass the folder that holds the datasets")
+        _check_categories(config)
         out_dir = _writable(Path(args.out or REPO / "results" / config.profile).resolve())
     except DskdError as exc:  # said before anything runs
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    STOP.clear()
+    _SIGNALLED.clear()
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS} if main_thread else {}
+    try:
+        return _run(args, notebooks, config, out_dir)
+    except BaseException:
+        if not STOP.is_set():
+            raise
+        return _interrupted()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # kill, a closed terminal or CI's cancel, Ctrl-C
+_SIGNALLED: list[int] = []
+
+
+def _on_signal(signum: int, _frame) -> None:
+    if not _SIGNALLED:
+        _SIGNALLED.append(signum)
+        print(f"\n[run_all] {signal.Signals(signum).name}: stopping every notebook and process it started",
+              file=sys.stderr, flush=True)
+        stop_everything()
+
+
+def _interrupted() -> int:
+    signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGTERM
+    print(f"error: run_all was stopped by {signal.Signals(signum).name}; the notebooks it had finished are intact, "
+          "the interrupted one is marked as such; run it again to finish", file=sys.stderr)
+    return 128 + signum
+
+
+def _run(args: argparse.Namespace, notebooks: list[Path], config: ExperimentConfig, out_dir: Path) -> int:
     params = notebook_params(vars(args), config, out_dir)
     limits = Limits(args.timeout or config.rules().cell_timeout_s)
     t0 = time.perf_counter()
@@ -157,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         results = list(pool.map(lambda nb: _announce(run_notebook(nb, out_dir, params, args.force, limits)),
                                 notebooks))
     failed = report(results)
+    if STOP.is_set():
+        return _interrupted()
     write_index(out_dir, config.profile, params.get("data_root"))
     print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
           f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")

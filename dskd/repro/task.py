@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import DskdError
 from ..run.config import RunConfig
-from ..settings import setting
+from ..settings import check_values, setting
 
 EXECUTORS = ("local", "ray")
 
@@ -23,21 +23,19 @@ class ExecutorConfig:
     ray_address: str | None = setting(None, "for ray: None starts Ray here; auto, or ray://HOST:10001, joins a "
                                             "running cluster")
     gpus_per_run: float | None = setting(None, "for ray: GPUs per run (fractions share a GPU; None: 1 where there "
-                                               "are GPUs)")
-    cpus_per_run: float = setting(1.0, "for ray: CPUs per run")
-    max_retries: int = setting(3, "how often a run whose worker or node died is started again", cli=False)
+                                               "are GPUs)", at_least=0)
+    cpus_per_run: float = setting(1.0, "for ray: CPUs per run", above=0)
+    max_retries: int = setting(3, "how often a run whose worker or node died is started again", cli=False,
+                               at_least=0)
 
     def validate(self) -> ExecutorConfig:
-        if self.name not in EXECUTORS:
-            raise DskdError(f"executor '{self.name}' is not one of {', '.join(EXECUTORS)}")
-        if (self.gpus_per_run is not None and self.gpus_per_run < 0) or self.cpus_per_run <= 0:
-            raise DskdError(f"gpus_per_run must be >= 0 and cpus_per_run > 0, got {self.gpus_per_run} and "
-                            f"{self.cpus_per_run}")
+        check_values(self)
         return self
 
 
 def run_folder(cfg: RunConfig, runs_root: Path | str) -> Path:
-    return Path(runs_root) / cfg.validate().with_device("any").run_name()
+    """Where a run lives; `runs_root` may be a link to a folder not made yet (results/quick/runs -> ../runs)."""
+    return Path(runs_root).resolve() / cfg.validate().with_device("any").run_name()
 
 
 def train_and_evaluate(config: dict[str, Any], runs_root: str, threads: int | None = None) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from ..errors import DskdError
 from ..model.config import ModelConfig
-from ..settings import check_choices, setting
+from ..settings import check_values, setting
 
 OPTIMIZERS = ("sgd", "adam")
 FIT_MODES = ("stretch", "pad")
@@ -34,10 +34,10 @@ def _datasets() -> list[str]:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = setting("adam", "optimizer", OPTIMIZERS)
-    lr: float = setting(0.005, "learning rate")
-    betas: tuple[float, ...] = setting((0.5, 0.999), "Adam's betas")
-    momentum: float = setting(0.9, "SGD's momentum")
-    weight_decay: float = setting(0.0, "weight decay")
+    lr: float = setting(0.005, "learning rate", above=0)
+    betas: tuple[float, ...] = setting((0.5, 0.999), "Adam's betas", at_least=0, below=1)
+    momentum: float = setting(0.9, "SGD's momentum", at_least=0, at_most=1)
+    weight_decay: float = setting(0.0, "weight decay", at_least=0)
 
 
 # The parents' published recipes: STFPM trains its student with SGD, Reverse Distillation its decoder with Adam.
@@ -57,11 +57,15 @@ class RunConfig:
     dataset: str = setting("synthetic", "dataset layout", _datasets)
     category: str = setting("stripes", "category of the dataset (required for multi-category datasets)")
     data_root: str = setting("results/data", "the dataset's folder, or a folder holding several")
-    image_size: int = setting(256, "side of the square network input, a multiple of 32")
+    image_size: int = setting(256, "side of the square network input, a multiple of 32", at_least=32, at_most=1024,
+                              multiple_of=32, why="the teachers' coarsest stride is 32; memory grows with the side's "
+                              "square, and 1024 px, 16 times the activations of 256 px, is the largest this suite "
+                              "allows")
     fit_mode: str = setting("stretch", "non-square images: stretch, or pad (no distortion)", FIT_MODES)
     split_file: str | None = setting(None, "MT Defects: list of MT_Free images to train on (DifferNet's)")
-    epochs: int = setting(10, "training epochs")
-    batch_size: int = setting(8, "training batch size")
+    epochs: int = setting(10, "training epochs", at_least=1)
+    batch_size: int = setting(8, "training batch size", at_least=2,
+                              why="the students' BatchNorm needs at least 2 images in a training step")
     se_optim: OptimConfig = setting(help="Se's optimizer (STFPM's SGD recipe)", factory=lambda: STFPM_SGD)
     sd_optim: OptimConfig = setting(help="Sd's and the DF embedding's optimizer (Reverse Distillation's)",
                                   factory=lambda: RD_ADAM)
@@ -71,10 +75,12 @@ class RunConfig:
                                          "final weights (they trail weights that moved until the last step)")
     val_fraction: float = setting(0.1, "share of the good training images held out, seeded, to set the decision "
                                        "threshold (at least 8 images; never trained on); 0: none, the threshold then "
-                                       "comes from the training images")
+                                       "comes from the training images", at_least=0, below=0.5)
     max_false_alarm: float = setting(0.01, "the decision threshold's target false-alarm rate on good images, set on "
-                                           "the validation images (image scores and, for outlines, pixels)")
-    seed: int = setting(0, "random seed (weights, batch order, the validation hold-out)")
+                                           "the validation images (image scores and, for outlines, pixels)",
+                                    above=0, below=1)
+    seed: int = setting(0, "random seed (weights, batch order, the validation hold-out)", at_least=0,
+                        at_most=2**32 - 1)
     device: str = setting("auto", "where to train; not part of the run's identity", DEVICES)
     precision: str = setting("auto", "arithmetic of training and maps; auto: float32 on every device (README)",
                              PRECISIONS)
@@ -83,20 +89,14 @@ class RunConfig:
                                       "dataset's own for its kind of image (DatasetSpec.quick)", cli=False)
 
     def validate(self) -> RunConfig:
-        model = self.model.resolved()
-        check_choices(self)
-        for opt in (self.se_optim, self.sd_optim):
-            check_choices(opt)
-            if not opt.lr > 0:
-                raise DskdError(f"learning rate must be positive, got {opt.lr}")
-        if self.image_size < 32 or self.image_size % 32:
-            raise DskdError(f"image_size={self.image_size} must be a multiple of 32 and at least 32")
-        if not 0 <= self.val_fraction < 0.5 or not 0 < self.max_false_alarm < 1:
-            raise DskdError(f"val_fraction ({self.val_fraction}) must lie in [0, 0.5) and max_false_alarm "
-                            f"({self.max_false_alarm}) in (0, 1)")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise DskdError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
-        return dataclasses.replace(self, model=model)
+        """The settings checked against their fields' metadata (`dskd.settings.check_values`), model resolved."""
+        for part in (self, self.se_optim, self.sd_optim):
+            if not is_dataclass(part):
+                raise DskdError(f"optimizer settings must be a mapping of their fields, not {part!r}")
+            check_values(part)
+        if not isinstance(self.model, ModelConfig):
+            raise DskdError(f"model settings must be a mapping of their fields, not {self.model!r}")
+        return dataclasses.replace(self, model=self.model.resolved())
 
     def with_device(self, device_type: str) -> RunConfig:
         """The concrete precision for a device: `auto` is float32 on every device (README: why), so a run's

@@ -16,7 +16,14 @@ from ..data import AnomalyDataset, NoValidationSplit, labelled_samples, load_dat
 from . import archive
 from .batch_maps import maps_in_batches, preload, valid_tensor
 from .config import RunConfig
-from .decision import Decision, at_threshold, false_alarm_threshold, from_good_images
+from .decision import (
+    FALSE_ALARM_RULES,
+    Decision,
+    at_threshold,
+    false_alarm_threshold,
+    from_good_images,
+    shift_test,
+)
 from .folder import LoadedRun, RunDir, load_run
 from .metrics import all_metrics, f1_max_threshold, pixel_metrics
 
@@ -27,12 +34,22 @@ PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")
 def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, *, save_maps: bool = False,
              device: str = "auto", quiet: bool = True, threshold_from: str | Path | None = None) -> dict[str, Any]:
     """Score the test split: the threshold-free metrics (image AUROC, pixel AUROC, AUPRO, per-defect-type AUROC),
-    the oracle F1-max, and the decisions at the deployed threshold, which no test label ever set."""
+    the oracle F1-max, the decisions at the deployed threshold, which no test label ever set, and whether the
+    test's good images score like the images that threshold was set on.
+
+    `threshold_from` (a labelled folder) decides this evaluation at that folder's F1-max instead; the run's
+    deployed decision and its `metrics.json` stay as they are (only `python -m dskd calibrate` changes a decision)."""
     t0 = time.perf_counter()
     loaded = load_run(run_dir, device)
     cfg, model = loaded.run.config, loaded.model
-    recalibrate = threshold_from is not None or not loaded.run.decision_file.is_file()
-    decision = calibrate(loaded, threshold_from, data_root, quiet) if recalibrate else loaded.decision()
+    if threshold_from is not None:
+        decision = _from_labelled_folder(loaded, Path(threshold_from), cfg.max_false_alarm, quiet)
+        log.info("this evaluation decides at %s's F1-max threshold %.4g; the run's deployed decision is unchanged "
+                 "(python -m dskd calibrate changes it)", threshold_from, decision.threshold)
+    elif not loaded.run.decision_file.is_file():
+        decision = decide_on_held_out(loaded, data_root, quiet)
+    else:
+        decision = loaded.decision()
     test_set = load_dataset(cfg.dataset, data_root or cfg.data_root, cfg.category, "test", cfg.image_size,
                             split_file=cfg.split_file, fit_mode=cfg.fit_mode)
     images, masks = preload(test_set, desc="loading test images", quiet=quiet)
@@ -42,17 +59,23 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     masks_np = masks.numpy() if test_set.has_masks else None
     metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
     result: dict[str, Any] = {
-        **metrics, **at_threshold(labels, scores, test_set.defect_types, decision.threshold),
+        **metrics, **at_threshold(labels, scores, test_set.defect_types, decision.threshold,
+                                  decision.bound_false_alarm),
         "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
         "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
         "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
         "epochs": cfg.epochs, "seed": cfg.seed, "precision": loaded.precision, "run": str(loaded.run.path),
         "decision_threshold": decision.threshold, "decision_rule": decision.rule,
         "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
-        "decision": decision.to_dict(),
+        "expected_false_alarm": decision.expected_false_alarm, "bound_false_alarm": decision.bound_false_alarm,
+        "decision": {k: v for k, v in decision.to_dict().items() if k != "calibration_scores"},
         "score_summary": score_summary(labels, scores, decision.threshold),
+        "shift": _shift(decision, scores[labels == 0], test_set.where, loaded.run.path),
     }
-    write_json(loaded.run.metrics_file, result)
+    result["shifted"], result["shift_p_value"] = (None, None) if result["shift"] is None else (
+        result["shift"]["shifted"], result["shift"]["p_value"])
+    if threshold_from is None:
+        write_json(loaded.run.metrics_file, result)
     if save_maps:
         archive.save(loaded.run.maps_file, archive.SavedMaps(
             images=images.permute(0, 2, 3, 1).numpy(), masks=masks_np, labels=labels, scores=scores,
@@ -63,28 +86,37 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     return result
 
 
-def calibrate(loaded: LoadedRun, threshold_from: str | Path | None = None, data_root: str | Path | None = None,
-              quiet: bool = True) -> Decision:
-    """Set the run's deployed decision (`decision.json`) from images that are not its test split: a labelled
-    folder when given, else the validation split, else (val_fraction 0) the training images."""
+def _shift(decision: Decision, good_scores: np.ndarray, where: str, run: Path) -> dict[str, Any] | None:
+    """The shift test on the test's good images, said in one warning line when they score higher than the
+    calibration images (the promised rate does not hold for them)."""
+    found = shift_test(decision, good_scores) if decision.rule in FALSE_ALARM_RULES else None
+    if found and found["shifted"]:
+        log.warning("%s: its %d good images score higher than the %d images the threshold was set on (one-sided "
+                    "Mann-Whitney U on their conformal p-values, p = %.2g < %g), so the false-alarm rate promised "
+                    "for those does not hold for these; set the threshold on good images like them: python -m dskd "
+                    "calibrate --run %s GOOD_DIR", where, found["n_good"], found["n_calibration"], found["p_value"],
+                    found["level"], run)
+    return found
+
+
+def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, quiet: bool = True) -> Decision:
+    """Set the run's deployed decision (`decision.json`) as training does: on its validation split, else
+    (val_fraction 0) on the training images."""
     cfg = loaded.run.config
-    if threshold_from is not None:
-        decision = _from_labelled_folder(loaded, Path(threshold_from), cfg.max_false_alarm, quiet)
+    images, held_out = _good_images(cfg, data_root or cfg.data_root)
+    scores, pixels = _scored(loaded, images, quiet)
+    if held_out:
+        decision = from_good_images(scores, pixels, cfg.max_false_alarm,
+                                    f"{len(images)} good images held out of training "
+                                    f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
     else:
-        images, held_out = _good_images(cfg, data_root or cfg.data_root)
-        scores, pixels = _scored(loaded, images, quiet)
-        if held_out:
-            decision = from_good_images(scores, pixels, cfg.max_false_alarm,
-                                        f"{len(images)} good images held out of training "
-                                        f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
-        else:
-            note = (f"no validation split (val_fraction {cfg.val_fraction}): both thresholds come from the images "
-                    "the model was trained on, so expect more false alarms than on held-out images")
-            log.warning("decision threshold: %s", note)
-            decision = Decision(loaded.image_threshold, false_alarm_threshold(pixels, cfg.max_false_alarm)[0],
-                                "train_mean_plus_3std", f"{len(images)} training images "
-                                f"({cfg.dataset}/{cfg.category})", len(images),
-                                cfg.max_false_alarm, None, note)
+        note = (f"no validation split (val_fraction {cfg.val_fraction}): both thresholds come from the images "
+                "the model was trained on, so expect more false alarms than on held-out images")
+        log.warning("decision threshold: %s", note)
+        decision = Decision(loaded.image_threshold, false_alarm_threshold(pixels, cfg.max_false_alarm)[0],
+                            "train_mean_plus_3std", f"{len(images)} training images "
+                            f"({cfg.dataset}/{cfg.category})", len(images),
+                            cfg.max_false_alarm, None, note)
     write_json(loaded.run.decision_file, decision.to_dict())
     return decision
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -134,12 +135,34 @@ def load_students(model: DSKD, state: dict[str, torch.Tensor]) -> None:
         raise DskdError(f"checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+CHECKPOINT_SCHEMA = 2  # 2: a finished run keeps its weights and statistics, not its optimizers' state
+# What every checkpoint holds, and what a finished run's adds (`dskd.run.training`).
+_CHECKPOINT_KEYS = {"epoch": int, "model": dict, "log": list}
+_FINISHED_KEYS = {"image_threshold": float, "map_stats": dict, "train_scores": list}
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu", finished: bool = False) -> dict[str, Any]:
+    """A checkpoint checked against what this version writes: one line naming the file and the field otherwise."""
     try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise DskdError(f"{path} is unreadable or corrupt ({type(exc).__name__}); train the run again, or resume "
                         "it from an intact checkpoint") from exc
+    remedy = "train the run again" if finished else "train the run again (without --resume)"
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise DskdError(f"{path} is not a dskd checkpoint (no 'model' entry: a bare state dict or another tool's "
+                        f"file?); {remedy}")
+    wanted = {**_CHECKPOINT_KEYS, **(_FINISHED_KEYS if finished else {})}
+    for key, kind in wanted.items():
+        value = ckpt.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+            isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            got = "missing" if key not in ckpt else f"a {type(value).__name__}"
+            raise DskdError(f"{path}: its '{key}' is {got}, not a {kind.__name__}; {remedy}")
+    if ckpt.get("schema", 1) > CHECKPOINT_SCHEMA:
+        raise DskdError(f"{path} was written by a newer dskd (checkpoint schema {ckpt['schema']}); update dskd")
+    return ckpt
 
 
 @dataclass
@@ -157,7 +180,8 @@ class LoadedRun:
         """The deployed decision set after training (`dskd.run.evaluation.calibrate`); a run from before decisions
         were recorded gets the training images' mean + 3 std for both thresholds."""
         if self.run.decision_file.is_file():
-            return Decision.from_dict(read_json(self.run.decision_file, "evaluating the run again"))
+            return Decision.from_dict(read_json(self.run.decision_file, "calibrating the run again"),
+                                      str(self.run.decision_file))
         return Decision(self.image_threshold, self.image_threshold, "train_mean_plus_3std", "the training images",
                         0, None, None, "a run from before decisions were recorded; evaluate it to set one")
 
@@ -168,10 +192,16 @@ def open_run(run_dir: str | Path | RunDir) -> RunDir:
         raise DskdError(f"{path} is not a trained run (no config.json or checkpoint.pt); train one with "
                         "'python -m dskd train ... --out RUN_DIR'")
     info = read_json(path / "config.json", "training it again in a new folder")
+    where = path / "config.json"
     try:
         cfg = RunConfig.from_dict(info["config"])
-    except (KeyError, TypeError) as exc:
-        raise DskdError(f"{path / 'config.json'} does not describe a dskd run ({exc}); train it again") from exc
+        cfg.validate()
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DskdError(f"{where} does not describe a dskd run ({type(exc).__name__}: {exc}); train it again") \
+            from exc
+    except DskdError as exc:
+        raise DskdError(f"{where}: {exc}; this file was edited or written by another version: train the run "
+                        "again (or restore the file)") from exc
     return RunDir(path, cfg)
 
 
@@ -181,7 +211,7 @@ def load_run(run_dir: str | Path | RunDir, device: str = "auto") -> LoadedRun:
     if not run.completed:
         raise DskdError(f"{run.path} has not finished training; resume it with 'python -m dskd train ... --resume'")
     dev = resolve_device(device)
-    ckpt = read_checkpoint(run.checkpoint, dev)
+    ckpt = read_checkpoint(run.checkpoint, dev, finished=True)
     model = DSKD(run.config.model, pretrained=True).to(dev).eval()
     load_students(model, ckpt["model"])
     return LoadedRun(run, model.for_inference(), float(ckpt["image_threshold"]), dev)

@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, write_json, write_text
+from ..atomic import WriteError, atomic_write, write_json, write_text
 from ..data import get_dataset, load_dataset
 from ..errors import DskdError
 from ..model.network import DSKD
 from .batch_maps import preload, to_input, valid_tensor
 from .config import OptimConfig, RunConfig
-from .evaluation import calibrate
+from .evaluation import decide_on_held_out
 from .folder import (
+    CHECKPOINT_SCHEMA,
     RUNS_ROOT,
     RunDir,
     autocast,
@@ -64,12 +65,13 @@ def student_state(model: DSKD) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    buf = io.BytesIO()  # serialized first: torch.save reports a full disk as a RuntimeError, Python as an OSError
+    torch.save(payload, buf)
     try:
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    except OSError as exc:
+        atomic_write(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+    except WriteError as exc:
         kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was written"
-        raise DskdError(f"could not write {path} ({exc.strerror or exc}); {kept}; free space or fix the folder's "
-                        "permissions, then continue with --resume") from exc
+        raise WriteError(f"{exc}; {kept}; then continue with --resume") from exc
 
 
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -129,7 +131,10 @@ class _Training:
     start_epoch: int = 1
 
     def checkpoint(self, cfg: RunConfig, epoch: int, **extra: Any) -> dict[str, Any]:
-        return {"epoch": epoch, "model": student_state(self.model), "log": self.rows, "config": cfg.to_dict(),
+        """What `--resume` needs while training; a finished run (`extra`: its map statistics) keeps its weights and
+        what evaluation needs, not the optimizers' state."""
+        return {"schema": CHECKPOINT_SCHEMA, "epoch": epoch, "model": student_state(self.model), "log": self.rows,
+                "config": cfg.to_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optims.items()} if not extra else {}, **extra}
 
 
@@ -142,7 +147,11 @@ def _start(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool) -> _
     if resume and run.checkpoint.is_file():
         ckpt = read_checkpoint(run.checkpoint, device)
         load_students(model, ckpt["model"])
-        for name, opt_state in ckpt["optimizers"].items():
+        saved = ckpt.get("optimizers")
+        if not isinstance(saved, dict) or set(saved) != set(optims):
+            raise DskdError(f"{run.checkpoint} holds no optimizer state for {', '.join(optims)}; it cannot be resumed: "
+                            "train the run again (without --resume)")
+        for name, opt_state in saved.items():
             optims[name].load_state_dict(opt_state)
         state.start_epoch, state.rows = ckpt["epoch"] + 1, ckpt["log"]
         log.info("resuming %s after epoch %d", run.path, ckpt["epoch"])
@@ -154,6 +163,9 @@ def _train(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quie
                              split_file=cfg.split_file, fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction,
                              seed=cfg.seed)
     images, _ = preload(train_set, desc="loading training images", quiet=quiet)
+    if len(images) < 2:
+        raise DskdError(f"{train_set.where}: {len(images)} training image(s); a training step needs at least 2 "
+                        "(the students' BatchNorm), and a useful model many more")
     if cfg.size_from == "dataset":
         log.info("image size %d px, %d epochs: %s's own under the %s profile (%s); --image-size and --epochs change "
                  "them", cfg.image_size, cfg.epochs, cfg.dataset, cfg.profile, get_dataset(cfg.dataset).quick[2])
@@ -178,7 +190,7 @@ def _train(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quie
     info.update(completed=True, train_minutes=round(sum(r["seconds"] for r in state.rows) / 60, 3),
                 image_threshold=stats["image_threshold"])
     write_json(run.info_file, info)
-    calibrate(load_run(run, device.type), quiet=quiet)
+    decide_on_held_out(load_run(run, device.type), quiet=quiet)
     return run
 
 

@@ -6,13 +6,13 @@ from dskd.run.config import RunConfig
 
 def test_fields_added_later_keep_earlier_run_names():
 
-    # the settings of the second session's quick profile, spelled out so that a later profile change cannot move them
+    # the settings of 2026-11-26's quick profile, spelled out so that a later profile change cannot move them
     cfg = RunConfig().with_overrides(
         dataset="mt_defects", category="mt_defects", data_root="../shared/data", backbone="efficientnet_lite0",
         split_file="../shared/data/mt_defects/splits/differnet_train_free.txt", image_size=64, epochs=6, batch_size=8,
     ).validate()
     old = cfg.with_overrides(recalibrate_bn=False, lr_schedule="constant", df_input="raw", val_fraction=0.0)
-    # the name the 3-seed quick benchmark's seed-0 dskd run had before these fields existed (session 2)
+    # the name the 3-seed quick benchmark's seed-0 dskd run had before these fields existed (2026-11-26)
     assert old.fingerprint() == "20e493b2cb24"
     assert cfg.fingerprint() != old.fingerprint()  # recalibrated runs are other runs
     assert RunConfig.from_dict(old.to_dict()).fingerprint() == old.fingerprint()

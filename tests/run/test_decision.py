@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from dskd.data import VAL_MIN, load_dataset
-from dskd.run.decision import at_threshold, false_alarm_threshold, from_good_images
+from dskd.run.decision import Decision, at_threshold, false_alarm_threshold, from_good_images, shift_test
 from dskd.run.evaluation import evaluate
 from dskd.run.profiles import profile_config
 from dskd.run.training import fit
+from dskd.stats import beta_quantile, clopper_pearson, false_alarm_bound, rank_sum_p_value
 
 
 def test_false_alarm_threshold_follows_its_stated_rule():
@@ -34,11 +35,59 @@ def test_false_alarm_rate_on_new_good_images_meets_the_target():
     assert expected == pytest.approx(0.02) and np.mean(rates) == pytest.approx(0.02, abs=0.002)
 
 
+def test_the_stated_bound_and_intervals_are_the_exact_beta_quantiles():
+    """Against SciPy's Beta law: the bound is the 0.95 quantile of Beta(m, n + 1 - m), the intervals Clopper–Pearson."""
+    from scipy import stats
+
+    for m, n in ((1, 8), (1, 21), (1, 76), (7, 760), (3, 299)):
+        assert false_alarm_bound(m, n) == pytest.approx(stats.beta.ppf(0.95, m, n + 1 - m), rel=1e-9)
+    for k, n in ((0, 20), (4, 20), (20, 20), (3, 191), (150, 392)):
+        want = stats.binomtest(k, n).proportion_ci(method="exact")
+        assert clopper_pearson(k, n) == pytest.approx((want.low, want.high), abs=1e-9)
+    assert beta_quantile(0.5, 1, 1) == pytest.approx(0.5)
+
+
+def test_the_bound_holds_with_its_confidence_over_calibration_draws():
+    """Over many draws of 76 calibration images, the fresh-image false-alarm rate of the threshold exceeds the
+    stated bound in about 5 % of draws, as promised (the rule's rate is exactly Beta distributed)."""
+    rng = np.random.default_rng(3)
+    over = []
+    for _ in range(2000):
+        d = from_good_images(rng.random(76, dtype=np.float32), np.zeros(4, np.float32), 0.01, "draw")
+        over.append(1 - d.threshold > d.bound_false_alarm)  # uniform scores: the rate is 1 - threshold
+    assert d.expected_false_alarm == pytest.approx(1 / 77) and np.mean(over) == pytest.approx(0.05, abs=0.015)
+
+
+def test_the_shift_test_keeps_its_level_and_sees_a_shift():
+    rng = np.random.default_rng(4)
+    same = [rank_sum_p_value(rng.normal(size=21), rng.normal(size=20)) < 0.01 for _ in range(1000)]
+    assert np.mean(same) <= 0.02  # exchangeable good images: at most about the 1 % level
+    moved = [rank_sum_p_value(rng.normal(size=21), rng.normal(size=20) + 1.5) < 0.01 for _ in range(200)]
+    assert np.mean(moved) > 0.9
+    d = from_good_images(rng.normal(size=76).astype(np.float32), np.zeros(4, np.float32), 0.01, "76 images")
+    assert shift_test(d, rng.normal(size=191) + 1.0)["shifted"] and not shift_test(d, np.array([]))
+
+
+def test_a_decision_file_is_checked_field_by_field():
+    d = from_good_images(np.linspace(0, 1, 30, dtype=np.float32), np.zeros(4, np.float32), 0.01, "30 images")
+    again = Decision.from_dict(d.to_dict())
+    assert again == d and again.calibration_scores == sorted(again.calibration_scores)
+    old = Decision.from_dict({"threshold": 3.0, "pixel_threshold": 2.0, "rule": "val_false_alarm", "source": "x",
+                              "n_images": 21, "target_false_alarm": 0.01, "expected_false_alarm": 1 / 22})
+    assert old.bound_false_alarm == pytest.approx(false_alarm_bound(1, 21))  # computed for files before the bound
+    for broken, words in (({"threshold": 3.0}, "'rule' is missing"), ([1, 2], "not a decision"),
+                          ({**d.to_dict(), "threshold": "3"}, "'threshold' is '3'"),
+                          ({**d.to_dict(), "rule": "magic"}, "rule 'magic'")):
+        with pytest.raises(ValueError, match=words):
+            Decision.from_dict(broken, "run/decision.json")
+
+
 def test_a_small_or_degenerate_validation_split_says_what_it_supports(caplog):
     few = from_good_images(np.linspace(0, 1, 12, dtype=np.float32), np.zeros(10, np.float32), 0.01, "12 images")
-    assert few.expected_false_alarm == pytest.approx(1 / 13) and "1/13 = 7.7%" in few.note and "99 images" in few.note
+    assert few.expected_false_alarm == pytest.approx(1 / 13) and "1/13 = 7.7%" in few.note
+    assert "99 good images" in few.note
     flat = from_good_images(np.full(200, 0.3, np.float32), np.zeros(10, np.float32), 0.01, "200 images")
-    assert "all 200 validation scores are equal" in flat.note and flat.threshold > 0.3
+    assert "all 200 calibration scores are equal" in flat.note and flat.threshold > 0.3
     assert sum("decision threshold" in r.message for r in caplog.records) == 2
 
 
@@ -90,6 +139,10 @@ def test_permuting_the_test_labels_leaves_the_deployed_threshold_unchanged(data_
     decision = json.loads(run.decision_file.read_text())
     assert decision["rule"] == "val_false_alarm" and decision["n_images"] == VAL_MIN
     truth = evaluate(run, device="cpu")
+    one_off = evaluate(run, threshold_from=data / "grid" / "test", device="cpu")  # a labelled folder, once
+    assert one_off["decision_rule"] == "f1_max_on_folder" and one_off["decision_threshold"] != decision["threshold"]
+    assert json.loads(run.decision_file.read_text()) == decision  # the deployed decision is untouched...
+    assert evaluate(run, device="cpu")["decision"]["threshold"] == decision["threshold"]  # ...and used after it
     run.decision_file.unlink()  # set again, now beside the permuted test split
     shuffled = evaluate(run, _grid_copy(data_root, tmp_path / "permuted", permute=True), device="cpu")
     same = ("threshold", "pixel_threshold", "rule", "n_images", "expected_false_alarm")

@@ -1,0 +1,99 @@
+"""Calibrate on the line: reset a deployed decision from good images taken on the line, in a run folder (PyTorch)
+or inside an exported ONNX / OpenVINO file (no PyTorch), by the rule training uses (`dskd.run.decision`), with the
+same stated bound. The decision it replaces stays in the record (`Decision.previous`); `predict` and `export` use
+the new one from then on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write, write_json
+from ..errors import DskdError
+from ..run.decision import Decision, from_good_images
+from .prediction import collect_images, scored
+from .predictors import decision_metadata, open_predictor
+
+log = logging.getLogger(__name__)
+
+
+def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model: str | Path | None = None,
+              engine: str | None = None, device: str = "auto", max_false_alarm: float | None = None,
+              quiet: bool = True) -> Decision:
+    """Set the deployed thresholds of `run` (a run folder) or `model` (an exported file) on the good images in
+    `inputs`, at `max_false_alarm` (default: the target the current decision was set for). Every image must be
+    readable: a calibration set with a hole in it is not the set the user meant."""
+    if model is not None and Path(model).suffix not in (".onnx", ".xml"):
+        raise DskdError(f"{model}: calibrate works on .onnx and OpenVINO .xml files; for a TorchScript export, "
+                        "calibrate its run (--run RUN) and export it again")
+    predictor = open_predictor(run, model, engine, device)
+    old = predictor.decision
+    rate = max_false_alarm if max_false_alarm is not None else (old.target_false_alarm or 0.01)
+    if not 0 < rate < 1:
+        raise DskdError(f"--max-false-alarm must lie between 0 and 1, not {rate}")
+    paths = [p for p, _ in collect_images(inputs)]
+    scores, pixels = [], []
+    for _, _, amap, score in scored(predictor, paths, "calibrate", quiet):
+        if isinstance(score, DskdError):
+            raise DskdError(f"{score} (calibration stops: every good image must be readable)")
+        scores.append(score)
+        pixels.append(amap.ravel())
+    where = ", ".join(str(Path(i)) for i in inputs)
+    decision = from_good_images(np.asarray(scores, np.float32), np.concatenate(pixels), rate,
+                                f"{len(scores)} good images from the line ({where})", rule="line_false_alarm")
+    decision = decision.replacing(old)
+    target = _store(decision, run, model)
+    log.warning("deployed threshold of %s is now %.4g (was %.4g, %s); predict%s use it from now on", target,
+                decision.threshold, old.threshold, old.rule,
+                " and export" if run is not None else "")
+    return decision
+
+
+def _store(decision: Decision, run: str | Path | None, model: str | Path | None) -> Path:
+    if run is not None:
+        from ..run.folder import open_run
+
+        path = open_run(run).decision_file
+        write_json(path, decision.to_dict())
+        return path
+    path = Path(model)
+    meta = decision_metadata(decision)
+    if path.suffix == ".onnx":
+        _rewrite_onnx(path, meta)
+    else:
+        _rewrite_openvino(path, meta)
+    return path
+
+
+def _rewrite_onnx(path: Path, meta: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise DskdError("calibrating an .onnx file needs the onnx package: pip install onnx") from None
+    proto = onnx.load_model(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *meta.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False))
+
+
+def _rewrite_openvino(path: Path, meta: dict[str, str]) -> None:
+    """The IR's rt_info rewritten; the weights (.bin) are untouched, so only the .xml is replaced (atomically)."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(path)
+    info = tree.getroot().find("rt_info")
+    section = None if info is None else info.find("dskd")
+    if section is None:
+        raise DskdError(f"{path}: no dskd metadata in this IR; export it with 'python -m dskd export --run RUN "
+                        "--format openvino'")
+    for key, value in meta.items():
+        entry = section.find(key)
+        if entry is None:
+            entry = ET.SubElement(section, key)
+        entry.set("value", value)
+    atomic_write(path, lambda tmp: tree.write(tmp, encoding="utf-8", xml_declaration=True))
