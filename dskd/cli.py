@@ -1,76 +1,29 @@
 """`python -m dskd {train,evaluate,predict,calibrate,export}`: a thin layer over the library.
 
-The `train` flags are generated from the settings dataclasses (`dskd.run.config`): every field is a flag with its
-choices, its help line and the chosen profile's value as the default shown in `--help`. Problems with arguments
-or data exit with code 2 and one line on stderr (a traceback only with --debug).
+The `train` flags are generated from the settings dataclasses (`dskd.cli_flags`): every field is a flag with its
+choices, its range, its help line and the chosen profile's value as the default shown in `--help`. Problems with
+arguments or data exit with code 2 and one line on stderr (a traceback only with --debug).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
-import typing
-from typing import Any
 
+from .cli_flags import add_setting_flags, profile_in, setting_fields
 from .deploy.predictors import ENGINES, FORMATS
 from .errors import DskdError, os_problem
-from .model.config import ModelConfig
-from .run.config import DEVICES, OptimConfig, RunConfig
-from .run.profiles import BY_DATASET, PROFILES, profile_config
-from .settings import checked_flag, choices_of, flag_type
+from .run.config import DEVICES
+from .run.profiles import PROFILES, profile_config
 
 log = logging.getLogger("dskd")
-NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2, like every other user error
         raise DskdError(f"{self.prog}: {message}")
-
-
-def setting_fields() -> list[tuple[str, dataclasses.Field, Any]]:
-    """(override name, field, owning dataclass) for every settable field, nested ones flattened."""
-    hints = {cls: typing.get_type_hints(cls) for cls in (RunConfig, OptimConfig, ModelConfig)}
-    out = []
-    for f in dataclasses.fields(RunConfig):
-        if f.name in NESTED_PREFIX:
-            inner = hints[RunConfig][f.name]
-            out += [(NESTED_PREFIX[f.name] + g.name, g, inner) for g in dataclasses.fields(inner)]
-        elif f.metadata.get("cli", True):
-            out.append((f.name, f, RunConfig))
-    return out
-
-
-def _current(cfg: RunConfig, name: str) -> Any:
-    for holder, prefix in ((cfg.se_optim, "se_optim_"), (cfg.sd_optim, "sd_optim_")):
-        if name.startswith(prefix):
-            return getattr(holder, name[len(prefix):])
-    return getattr(cfg.model, name) if hasattr(cfg.model, name) else getattr(cfg, name)
-
-
-def _by_dataset(name: str) -> str:
-    from .data import REGISTRY
-
-    i = ("image_size", "epochs").index(name)
-    return "each dataset's own: " + ", ".join(f"{n} {spec.quick[i]}" for n, spec in REGISTRY.items())
-
-
-def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
-    shown = profile_config(profile)
-    for name, f, owner in setting_fields():
-        default = _current(shown, name) if PROFILES[profile].get(name) != BY_DATASET else _by_dataset(name)
-        kind, nargs = flag_type(typing.get_type_hints(owner)[f.name], default)
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} ({profile}: {default})".replace("%", "%%")
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, type=checked_flag(f, typing.get_type_hints(owner)[f.name], kind, name),
-                                nargs=nargs, choices=choices_of(f), default=None,
-                                metavar=None if choices_of(f) else name.upper(), help=help_text)
 
 
 def build_parser(profile: str = "quick", settings: bool = True) -> argparse.ArgumentParser:
@@ -79,7 +32,15 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     p = _Parser(prog="python -m dskd", description="Dual-Student Knowledge Distillation for anomaly detection.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub, profile, settings)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_calibrate(sub)
+    _add_export(sub)
+    return p
 
+
+def _add_train(sub: argparse._SubParsersAction, profile: str, settings: bool) -> None:
     t = sub.add_parser("train", help="train a run (flags override the profile)",
                        description="Every setting is a flag; defaults shown are the --profile's (give --profile "
                                    "before --help to see another's).")
@@ -92,6 +53,8 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     t.add_argument("--wait", action="store_true", help="if another process trains --out, wait for it")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="score a trained run on its test split")
     e.add_argument("--run", required=True)
     e.add_argument("--data-root", help="where the data is now, if it moved since training")
@@ -101,6 +64,8 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     e.add_argument("--threshold-from", metavar="DIR", help="a labelled folder (good/ and one folder per defect "
                    "type): decide this evaluation at its F1-max threshold; the deployed decision stays as it is")
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     source = r.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a trained run folder (PyTorch)")
@@ -112,6 +77,8 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     r.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("calibrate", help="reset the deployed threshold on good images taken on the line",
                        description="Sets the threshold by the rule training uses, on good images only, and states the "
                                    "false-alarm rate it promises; the previous decision stays in the record.")
@@ -123,9 +90,6 @@ def build_parser(profile: str = "quick", settings: bool = True) -> argparse.Argu
     c.add_argument("--max-false-alarm", type=float, help="target false-alarm rate (default: the current decision's)")
     c.add_argument("--device", default="auto", choices=DEVICES)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    _add_export(sub)
-    return p
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -236,22 +200,13 @@ def _export(args: argparse.Namespace) -> None:
                  calibration_images=args.calibration_images))
 
 
-def _profile_in(argv: list[str]) -> str:
-    for i, a in enumerate(argv):
-        if a == "--profile" and i + 1 < len(argv) and argv[i + 1] in PROFILES:
-            return argv[i + 1]
-        if a.startswith("--profile=") and a.split("=", 1)[1] in PROFILES:
-            return a.split("=", 1)[1]
-    return "quick"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         command = next((a for a in argv if not a.startswith("-")), None)
-        args = build_parser(_profile_in(argv), settings=command in ("train", None)).parse_args(argv)
+        args = build_parser(profile_in(argv), settings=command in ("train", None)).parse_args(argv)
         {"train": _train, "evaluate": _evaluate, "predict": _predict, "calibrate": _calibrate,
          "export": _export}[args.command](args)
     except DskdError as exc:

@@ -124,12 +124,12 @@ LAYERS = ("base", "data", "model", "run", "deploy", "repro", "top")  # bottom up
 
 
 def layer(module: str) -> int:
-    """A dskd module's layer: its subpackage, or base (errors, atomic writes, settings, version) and top (the
+    """A dskd module's layer: its subpackage, or base (errors, atomic writes, settings, stats, version) and top (the
     package's public names, the command line, the notebooks' namespace) for the modules beside them."""
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in LAYERS:
         return LAYERS.index(parts[1])
-    return LAYERS.index("base" if parts[-1] in ("errors", "atomic", "settings", "version") else "top")
+    return LAYERS.index("base" if parts[-1] in ("errors", "atomic", "settings", "stats", "version") else "top")
 
 
 def test_lower_layers_never_import_upper_ones():
@@ -167,7 +167,7 @@ def test_the_errors_catalog_lists_every_message_the_code_can_raise():
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (REPO / "docs" / "errors.md").read_text()
-    assert "| `run/config.py` | `validate` | image_size=… must be a multiple of 32 and at least 32 |" in text
+    assert "| `settings.py` | `check_value` | …=… is not allowed; choose one of … |" in text
 
 
 def test_the_package_finds_the_repositorys_folders():
@@ -176,3 +176,11 @@ def test_the_package_finds_the_repositorys_folders():
 
     assert runall.REPO == REPO and len(runall._chosen(None)) >= 11
     assert tables.REFERENCE_DIR == REPO / "results" / "reference" and tables.REFERENCE_DIR.is_dir()
+
+
+def test_the_decoding_rule_in_the_docs_is_the_code_s():
+    """docs/errors.md quotes the one image decoder's rule (`dskd.data.images.DECODING`) word for word."""
+    from dskd.data.images import DECODING
+
+    doc = (REPO / "docs" / "errors.md").read_text()
+    assert all(f"> {line}" in doc for line in DECODING.splitlines())

@@ -105,6 +105,23 @@ def safe_extract(archive: Path, target: Path) -> None:
         t.extractall(target, members=members, filter="data")
 
 
+def _extract(archive: Path, staging: Path, src: Source) -> None:
+    """Extract into `staging`; a truncated or corrupt archive is one line, and no staging folder is left."""
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        safe_extract(archive, staging)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.filename is not None:
+            raise  # the disk or the folder, said by the command line as such
+        raise DskdError(f"{archive} ({archive.stat().st_size:,} bytes) is not a complete {src.archive} archive "
+                        f"({type(exc).__name__}: {exc}); it is truncated or corrupt: delete it and download it again "
+                        f"from {src.page}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def download(name: str, root: Path | str) -> Path:
     if name not in SOURCES:
         raise DskdError(f"no download for '{name}'; choose one of {', '.join(SOURCES)}")
@@ -125,19 +142,7 @@ def download(name: str, root: Path | str) -> Path:
     if src.sha256 and sha256sum(archive) != src.sha256:
         raise DskdError(f"{archive}: checksum mismatch; delete it and download again")
     staging = root / f".{src.folder}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        safe_extract(archive, staging)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.filename is not None:
-            raise
-        raise DskdError(f"{archive} ({archive.stat().st_size:,} bytes) is not a complete {src.archive} archive "
-                        f"({type(exc).__name__}: {exc}); it is truncated or corrupt: delete it and download it again "
-                        f"from {src.page}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    _extract(archive, staging, src)
     # Move the extracted data into place: the archive's single top folder, or the staging folder itself.
     entries = [p for p in staging.iterdir()]
     top = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging

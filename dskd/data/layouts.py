@@ -65,7 +65,9 @@ def mvtec_samples(root: Path, category: str, split: str, require_masks: bool = T
     if split == "train":
         return [Sample(p, None, 0, "good") for p in images_in(d / "train" / "good")]
     gt = d / "ground_truth"
-    samples = [Sample(p, None, 0, "good") for p in images_in(d / "test" / "good")]
+    good_mask = gt / "good"  # some copies keep an (empty) mask for every good image too: it belongs to its image
+    samples = [Sample(p, m if (m := good_mask / f"{p.stem}_mask.png").is_file() else None, 0, "good")
+               for p in images_in(d / "test" / "good")]
     for defect in (t for t in subdirs(d / "test") if t != "good"):
         mask_of = (lambda p, t=defect: gt / t / f"{p.stem}_mask.png") if gt.is_dir() else None
         samples += _defective(images_in(d / "test" / defect), defect, mask_of, require_masks)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write, write_json
+from ..data.images import content_mask
 from ..errors import DskdError
 from ..run.decision import Decision, from_good_images
 from .prediction import collect_images, scored
@@ -35,11 +36,12 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
         raise DskdError(f"--max-false-alarm must lie between 0 and 1, not {rate}")
     paths = [p for p, _ in collect_images(inputs)]
     scores, pixels = [], []
-    for _, _, amap, score in scored(predictor, paths, "calibrate", quiet):
+    for _, image, amap, score in scored(predictor, paths, "calibrate", quiet):
         if isinstance(score, DskdError):
             raise DskdError(f"{score} (calibration stops: every good image must be readable)")
         scores.append(score)
-        pixels.append(amap.ravel())
+        inside = content_mask(image.shape[1], image.shape[0], predictor.image_size, predictor.fit_mode)
+        pixels.append(amap[inside])  # padding is not part of the image (pad mode)
     where = ", ".join(str(Path(i)) for i in inputs)
     decision = from_good_images(np.asarray(scores, np.float32), np.concatenate(pixels), rate,
                                 f"{len(scores)} good images from the line ({where})", rule="line_false_alarm")

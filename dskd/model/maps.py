@@ -118,11 +118,11 @@ def upsample_smooth_sum(native: Sequence[torch.Tensor], size: tuple[int, int], s
     """B x 1 x H x W: the sum over scales of each native B x 1 x h x w map upsampled to `size` and smoothed,
     i.e. `gaussian_blur(upsample_scales(native, size).sum(1, keepdim=True), sigma)`, as
     A @ concat_j(m_j @ B_j^T), with the constant matrices of `resampling_matrix` (A = [A_1 ... A_S])."""
-    (h_out, w_out), rows, cols = size, [], []
-    for m in native:
-        b = torch.from_numpy(resampling_matrix(m.shape[-1], w_out, sigma)).to(m)
+    (h_out, w_out), rows, cols = (int(size[0]), int(size[1])), [], []
+    for m in native:  # int(): a TorchScript trace gives sizes as tensors, and the matrices are constants of the size
+        b = torch.from_numpy(resampling_matrix(int(m.shape[-1]), w_out, sigma)).to(m)
         rows.append(m @ b.T)
-        cols.append(torch.from_numpy(resampling_matrix(m.shape[-2], h_out, sigma)).to(m))
+        cols.append(torch.from_numpy(resampling_matrix(int(m.shape[-2]), h_out, sigma)).to(m))
     return torch.cat(cols, 1) @ torch.cat(rows, -2)
 
 

@@ -6,6 +6,7 @@ of `PROFILE_RULES`, never a comparison of profile names."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import typing
@@ -185,6 +186,28 @@ def from_parameters(values: Mapping[str, Any]) -> ExperimentConfig:
     return config
 
 
+def check_categories(config: ExperimentConfig) -> None:
+    """Every category named must be one that some dataset of the profile knows (or that the data root holds), so
+    that a typo stops run_all at once instead of leaving every table "skipped"."""
+    if not config.categories:
+        return
+    from ..data import REGISTRY, categories
+
+    if config.rules().stand_in:
+        known = set(categories("synthetic"))
+    else:
+        known = {c for name, spec in REGISTRY.items() if name != "synthetic" for c in spec.categories}
+        if config.data_root:
+            for name in REGISTRY:
+                with contextlib.suppress(DskdError, OSError):
+                    known |= set(categories(name, config.data_root))
+    unknown = [c for c in config.categories if c not in known]
+    if unknown:
+        shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
+        raise DskdError(f"--categories {' '.join(unknown)}: no dataset of the {config.profile} profile has "
+                        f"{'it' if len(unknown) == 1 else 'them'}; known: {shown}")
+
+
 def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per parameter (`--data-root`, `--gpus-per-run`, ...), its help line and choices from the field."""
     hints = {cls: typing.get_type_hints(cls) for cls in (ExperimentConfig, ExecutorConfig)}
@@ -197,5 +220,5 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
                             type=checked_flag(f, hints[owner][f.name], kind, name), choices=choices_of(f),
                             help=help_text.replace("%", "%%"))
 
-__all__ = ["PROFILE_RULES", "Experiment", "ExperimentConfig", "ProfileRules", "add_flags", "flatten",
-           "from_parameters", "parameter_fields", "parameters_cell"]
+__all__ = ["PROFILE_RULES", "Experiment", "ExperimentConfig", "ProfileRules", "add_flags", "check_categories",
+           "flatten", "from_parameters", "parameter_fields", "parameters_cell"]

@@ -9,12 +9,18 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_text
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
 START_TIMEOUT = 180  # seconds for a kernel to start and answer, on a loaded machine
 TIMED_OUT, KERNEL_DIED = "timed out", "kernel died"
 
@@ -92,6 +98,61 @@ def stop_everything() -> None:
     """What a signal to run_all does: nothing new starts, and every process run_all started is stopped."""
     STOP.set()
     stop_tree(os.getpid(), include_root=False)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # kill, a closed terminal or CI's cancel, Ctrl-C
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """While inside, a stop signal stops everything started (`stop_everything`) and is recorded in the list this
+    yields; outside, the previous handlers are back. Only the main thread can take signals: elsewhere it does
+    nothing."""
+    STOP.clear()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame) -> None:
+        if not signalled:
+            signalled.append(signum)
+            print(f"\n[run_all] {signal.Signals(signum).name}: stopping every notebook and process it started",
+                  file=sys.stderr, flush=True)
+            stop_everything()
+
+    main = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if main else {}
+    try:
+        yield signalled
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def mark_interrupted(executed: Path) -> None:
+    """The executed copy of a notebook that a signal stopped says so in its first cell and its metadata, so that
+    nobody reads its tables as finished."""
+    if not executed.is_file():
+        return
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, ValueError):
+        executed.unlink(missing_ok=True)  # half-written by papermill as it was stopped: nothing to keep
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    nb.setdefault("metadata", {})["dskd"] = {"interrupted": when}
+    nb.setdefault("cells", []).insert(0, {"cell_type": "markdown", "metadata": {}, "source": [
+        f"**Interrupted** ({when}): run_all was stopped while this notebook ran; this copy is incomplete."]})
+    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def portable(executed: Path) -> None:
+    """papermill records where it read and wrote the notebook as absolute paths; inside this repository they are
+    kept relative to it, so that a committed executed notebook names no machine's folders."""
+    nb = json.loads(executed.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key) and Path(meta[key]).is_absolute() and Path(meta[key]).is_relative_to(REPO):
+            meta[key] = os.path.relpath(meta[key], REPO)
+    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt|Exit))\b:?\s*(.*)$")

@@ -85,11 +85,7 @@ def curves_figure(runs: pd.DataFrame, exp: Experiment | None = None):
             au = _numeric(sub)["aupro"].mean()
             pro_ax.plot(grid * FPR_LIMIT, np.mean(pros, axis=0), color=colors().get(method),
                         label=f"{method} ({au:.1f})")
-    roc_ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
-    for bound in sorted(set(pd.to_numeric(runs.get("bound_false_alarm", pd.Series(dtype=float))).dropna())):
-        roc_ax.axvline(bound, color="0.35", linestyle="--", linewidth=0.8)
-        roc_ax.annotate(f"promised ≤ {100 * bound:.1f} %", (bound, 0.02), rotation=90, fontsize=7, color="0.35",
-                        xytext=(2, 0), textcoords="offset points")
+    _reference_lines(roc_ax, runs)
     roc_ax.set(xlabel="false-positive rate (images)", ylabel="true-positive rate", title="image ROC (AUROC %)")
     pro_ax.set(xlabel="false-positive rate (pixels)", ylabel="per-region overlap", xlim=(0, FPR_LIMIT), ylim=(0, 1),
                title=f"PRO up to FPR {FPR_LIMIT} (AUPRO %)")
@@ -100,6 +96,15 @@ def curves_figure(runs: pd.DataFrame, exp: Experiment | None = None):
         pro_ax.text(0.5, 0.5, "no pixel masks in this data", ha="center", va="center", transform=pro_ax.transAxes)
     _title(fig, "ROC and PRO curves", exp)
     return fig
+
+
+def _reference_lines(ax, runs: pd.DataFrame) -> None:
+    """Chance (dotted), and the false-alarm bound each run's threshold promised (95 % confidence; dashed)."""
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    for bound in sorted(set(pd.to_numeric(runs.get("bound_false_alarm", pd.Series(dtype=float))).dropna())):
+        ax.axvline(bound, color="0.35", linestyle="--", linewidth=0.8)
+        ax.annotate(f"promised ≤ {100 * bound:.1f} %", (bound, 0.02), rotation=90, fontsize=7, color="0.35",
+                    xytext=(2, 0), textcoords="offset points")
 
 
 def _operating_points(ax, runs: pd.DataFrame, color) -> None:

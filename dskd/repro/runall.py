@@ -13,37 +13,43 @@ whose kernel dies is run once more in a fresh kernel, then reported as `timed ou
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import re
 import signal
 import sys
-import threading
 import time
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..atomic import write_json, write_text
+from ..atomic import write_json
 from ..errors import DskdError, os_problem
-from .experiment_config import PROFILE_RULES, ExperimentConfig, add_flags, from_parameters, parameter_fields
+from .experiment_config import (
+    PROFILE_RULES,
+    ExperimentConfig,
+    add_flags,
+    check_categories,
+    from_parameters,
+    parameter_fields,
+)
 from .notebook_exec import (
     INTERRUPTED,
     KERNEL_DIED,
+    NOTEBOOKS,
+    REPO,
     START_TIMEOUT,
     STOP,
     TIMED_OUT,
     Limits,
     last_error,
+    mark_interrupted,
     papermill,
-    stop_everything,
+    portable,
+    stopped_by_signals,
 )
+from .results_index import write_index
 from .task import ExecutorConfig
-
-REPO = Path(__file__).resolve().parents[2]
-NOTEBOOKS = REPO / "notebooks"
 
 
 def _stamp(notebook: Path, params: dict) -> str:
@@ -85,34 +91,6 @@ def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
     said = f": {last_error(log_file.read_text(errors='replace'))}" if why == "failed" else ""
     return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''}{said} (see " \
         f"{shown})", minutes
-
-
-def mark_interrupted(executed: Path) -> None:
-    """The executed copy of a notebook that a signal stopped says so in its first cell and its metadata, so that
-    nobody reads its tables as finished."""
-    if not executed.is_file():
-        return
-    try:
-        nb = json.loads(executed.read_text())
-    except (OSError, ValueError):
-        executed.unlink(missing_ok=True)  # half-written by papermill as it was stopped: nothing to keep
-        return
-    when = time.strftime("%Y-%m-%d %H:%M:%S")
-    nb.setdefault("metadata", {})["dskd"] = {"interrupted": when}
-    nb.setdefault("cells", []).insert(0, {"cell_type": "markdown", "metadata": {}, "source": [
-        f"**Interrupted** ({when}): run_all was stopped while this notebook ran; this copy is incomplete."]})
-    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-
-
-def portable(executed: Path) -> None:
-    """papermill records where it read and wrote the notebook as absolute paths; inside this repository they are
-    kept relative to it, so that a committed executed notebook names no machine's folders."""
-    nb = json.loads(executed.read_text())
-    meta = nb.get("metadata", {}).get("papermill", {})
-    for key in ("input_path", "output_path"):
-        if meta.get(key) and Path(meta[key]).is_absolute() and Path(meta[key]).is_relative_to(REPO):
-            meta[key] = os.path.relpath(meta[key], REPO)
-    write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def succeeded(status: str) -> bool:
@@ -164,28 +142,6 @@ def _positive(what: str):
     return parse
 
 
-def _check_categories(config: ExperimentConfig) -> None:
-    """Every category named must be one that some dataset of the profile knows (or that the data root holds), so
-    that a typo stops run_all at once instead of leaving every table "skipped"."""
-    if not config.categories:
-        return
-    from ..data import REGISTRY, categories
-
-    if config.rules().stand_in:
-        known = set(categories("synthetic"))
-    else:
-        known = {c for name, spec in REGISTRY.items() if name != "synthetic" for c in spec.categories}
-        if config.data_root:
-            for name in REGISTRY:
-                with contextlib.suppress(DskdError, OSError):
-                    known |= set(categories(name, config.data_root))
-    unknown = [c for c in config.categories if c not in known]
-    if unknown:
-        shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
-        raise DskdError(f"--categories {' '.join(unknown)}: no dataset of the {config.profile} profile has "
-                        f"{'it' if len(unknown) == 1 else 'them'}; known: {shown}")
-
-
 def _chosen(only: list[str] | None) -> list[Path]:
     notebooks = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
     if not notebooks:
@@ -205,40 +161,24 @@ def main(argv: list[str] | None = None) -> int:
         config = from_parameters(vars(args))
         if config.data_root and not Path(config.data_root).is_dir():
             raise DskdError(f"--data-root {config.data_root} does not exist; pass the folder that holds the datasets")
-        _check_categories(config)
+        check_categories(config)
         out_dir = _writable(Path(args.out or REPO / "results" / config.profile).resolve())
     except DskdError as exc:  # said before anything runs
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    STOP.clear()
-    _SIGNALLED.clear()
-    main_thread = threading.current_thread() is threading.main_thread()
-    before = {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS} if main_thread else {}
-    try:
-        return _run(args, notebooks, config, out_dir)
-    except BaseException:
-        if not STOP.is_set():
-            raise
-        return _interrupted()
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    with stopped_by_signals() as signalled:
+        try:
+            code = _run(args, notebooks, config, out_dir)
+            if code >= 0:
+                return code
+        except BaseException:
+            if not STOP.is_set():
+                raise
+        return _interrupted(signalled)
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # kill, a closed terminal or CI's cancel, Ctrl-C
-_SIGNALLED: list[int] = []
-
-
-def _on_signal(signum: int, _frame) -> None:
-    if not _SIGNALLED:
-        _SIGNALLED.append(signum)
-        print(f"\n[run_all] {signal.Signals(signum).name}: stopping every notebook and process it started",
-              file=sys.stderr, flush=True)
-        stop_everything()
-
-
-def _interrupted() -> int:
-    signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGTERM
+def _interrupted(signalled: list[int]) -> int:
+    signum = signalled[0] if signalled else signal.SIGTERM
     print(f"error: run_all was stopped by {signal.Signals(signum).name}; the notebooks it had finished are intact, "
           "the interrupted one is marked as such; run it again to finish", file=sys.stderr)
     return 128 + signum
@@ -262,7 +202,7 @@ def _run(args: argparse.Namespace, notebooks: list[Path], config: ExperimentConf
                                 notebooks))
     failed = report(results)
     if STOP.is_set():
-        return _interrupted()
+        return -1  # main says how it was stopped
     write_index(out_dir, config.profile, params.get("data_root"))
     print(f"\n{len(results) - len(failed)} ok, {len(failed)} failed, {(time.perf_counter() - t0) / 60:.1f} minutes;"
           f" tables in {out_dir / 'tables'}, figures in {out_dir / 'figures'}")
@@ -296,35 +236,6 @@ def _shown(path: str | Path) -> str:
     if resolved.is_relative_to(REPO) or not Path(path).is_absolute():
         return os.path.relpath(resolved, NOTEBOOKS)
     return str(path)
-
-
-def _owner(stem: str, sources: dict[str, str]) -> str:
-    """The notebook that writes a file: it names the file, or the file's name starts with an f-string's prefix."""
-    for nb, text in sources.items():
-        if f'"{stem}"' in text or any(stem.startswith(p) for p in re.findall(r'f"(\w+?_)\{', text)):
-            return nb
-    return "?"
-
-
-def write_index(out_dir: Path, profile: str, data_root: str | None) -> Path:
-    """`<out>/README.md`: every table and figure, the notebook that made it, what produced it, and the command."""
-    sources = {nb.stem: "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
-               for nb in sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))}
-    command = "./run_all.sh" + ("" if profile == "demo" else f" --profile {profile}") + \
-        (f" --data-root {os.path.relpath(NOTEBOOKS / data_root, REPO)}" if data_root else "")
-    size = sum(f.stat().st_size for sub in ("tables", "figures", "notebooks") for f in (out_dir / sub).glob("*.*")
-               if f.suffix in (".md", ".csv", ".png", ".pdf", ".ipynb"))
-    lines = [f"# {out_dir.name}: the `{profile}` profile", "",
-             f"Regenerate with `{command}` (one notebook: add `--only NAME`). Tables, figures and executed notebooks: "
-             f"{size / 1e6:.1f} MB.", "", "| file | notebook | what produced it |", "|---|---|---|"]
-    for table in sorted((out_dir / "tables").glob("*.md")):
-        said = next((ln for ln in table.read_text().splitlines()[1:] if ln.strip()), "")
-        lines.append(f"| [tables/{table.name}](tables/{table.name}) | {_owner(table.stem, sources)} | {said} |")
-    for fig in sorted((out_dir / "figures").glob("*.png")):
-        lines.append(f"| [figures/{fig.name}](figures/{fig.name}) (+ .pdf) | {_owner(fig.stem, sources)} | |")
-    for nb in sorted((out_dir / "notebooks").glob("*.ipynb")):
-        lines.append(f"| [notebooks/{nb.name}](notebooks/{nb.name}) | {nb.stem} | executed copy, with outputs |")
-    return write_text(out_dir / "README.md", "\n".join(lines) + "\n")
 
 
 def _announce(result: tuple[str, str, float]) -> tuple[str, str, float]:

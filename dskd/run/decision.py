@@ -18,7 +18,7 @@ quantile with 95 % confidence (the bound). Both are recorded, and the log says b
 from __future__ import annotations
 
 import logging
-import math
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DskdError
+from ..settings import check_value
 from ..stats import CONFIDENCE, SHIFT_LEVEL, binomial_tail, clopper_pearson, false_alarm_bound, rank_sum_p_value
 
 log = logging.getLogger(__name__)
@@ -39,47 +40,61 @@ FALSE_ALARM_RULES = ("val_false_alarm", "line_false_alarm")  # the rules that pr
 SCHEMA = 2  # decision.json's layout: 2 added the bound, the calibration scores and the history
 
 
+_REQUIRED = object()  # a field every stored decision must have
+
+
+def _field(default: Any = _REQUIRED, help: str = "", **limits: Any) -> Any:
+    """A decision's field: its meaning and its range in its metadata, checked on load like a setting's."""
+    if default is _REQUIRED:
+        return field(metadata={"help": help, "required": True, **limits})
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"help": help, **limits})
+    return field(default=default, metadata={"help": help, **limits})
+
+
 @dataclass(frozen=True)
 class Decision:
-    threshold: float  # image level: defective when score >= threshold
-    pixel_threshold: float  # the overlay's outline: pixels >= it
-    rule: str  # a key of RULES
-    source: str  # the images it was set on, in words
-    n_images: int
-    target_false_alarm: float | None
-    expected_false_alarm: float | None  # m / (n + 1): the rate on average over calibration draws; None for other rules
-    note: str = ""
-    bound_false_alarm: float | None = None  # the rate held with `confidence` over calibration draws
-    confidence: float | None = None
-    calibration_scores: list[float] = field(default_factory=list)  # sorted; what the shift test compares with
-    set_at: str = ""  # UTC, ISO 8601
-    previous: list[dict[str, Any]] = field(default_factory=list)  # the decisions it replaced, the latest first
-    schema: int = SCHEMA
+    threshold: float = _field(help="image level: defective when score >= threshold")
+    pixel_threshold: float = _field(help="the overlay's outline: pixels >= it")
+    rule: str = _field(help="how it was set", choices=tuple(RULES))
+    source: str = _field(help="the images it was set on, in words")
+    n_images: int = _field(help="how many", at_least=0)
+    target_false_alarm: float | None = _field(None, "the false-alarm rate asked for", above=0, below=1)
+    expected_false_alarm: float | None = _field(None, "m / (n + 1): the rate on average over calibration draws; "
+                                                      "None for rules that promise none", at_least=0, at_most=1)
+    note: str = _field("", "what the log warned of when it was set")
+    bound_false_alarm: float | None = _field(None, "the rate held with `confidence` over calibration draws",
+                                             at_least=0, at_most=1)
+    confidence: float | None = _field(None, "of the bound", above=0, below=1)
+    calibration_scores: list[float] = _field([], "sorted; what the shift test compares the test's good images with")
+    set_at: str = _field("", "when, UTC, ISO 8601")
+    previous: list[dict] = _field([], "the decisions it replaced, the latest first (without their scores)")
+    schema: int = _field(SCHEMA, "decision.json's layout", at_least=1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "decision.json") -> Decision:
-        """A decision as stored, checked field by field; one that predates a field gets its default, and a
-        false-alarm decision from before the bound was recorded gets it computed from its counts."""
+        """A decision as stored, checked field by field against the fields' types and ranges; one that predates a
+        field gets its default, and a false-alarm decision from before the bound was recorded gets it computed."""
+        remedy = "calibrate the run again (python -m dskd calibrate --run RUN GOOD_DIR), or delete it and evaluate"
         if not isinstance(d, dict):
-            raise DskdError(f"{where}: not a decision (a JSON object was expected); calibrate the run again "
-                            "(python -m dskd calibrate) or evaluate it")
-        kinds = {"threshold": float, "pixel_threshold": float, "rule": str, "source": str, "n_images": int}
-        for name, kind in kinds.items():
-            if name == "pixel_threshold" and name not in d and "threshold" in d:
-                continue
-            if not _is(d.get(name), kind):
-                got = "missing" if name not in d else f"{d[name]!r}"
-                raise DskdError(f"{where}: field '{name}' is {got}, not a {kind.__name__}; calibrate the run again "
-                                "(python -m dskd calibrate --run RUN GOOD_DIR) or delete the file and evaluate")
-        if d["rule"] not in RULES:
-            raise DskdError(f"{where}: rule '{d['rule']}' is not one of {', '.join(RULES)}; calibrate the run again")
-        values = {k: d[k] for k in (f.name for f in fields(cls)) if k in d}
-        values.setdefault("pixel_threshold", d["threshold"])
-        values.setdefault("target_false_alarm", None)
-        values.setdefault("expected_false_alarm", None)
+            raise DskdError(f"{where}: not a decision (a JSON object was expected); {remedy}")
+        d = {"pixel_threshold": d.get("threshold"), **d}  # files from before the overlay had its own threshold
+        missing = [f.name for f in fields(cls) if f.metadata.get("required") and d.get(f.name) is None]
+        if missing:
+            raise DskdError(f"{where}: field '{missing[0]}' is missing; {remedy}")
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        hints = typing.get_type_hints(cls)
+        try:
+            for f in fields(cls):
+                if f.name in values:
+                    check_value(f, values[f.name], hints[f.name])
+        except DskdError as exc:
+            raise DskdError(f"{where}: {exc}; {remedy}") from None
+        if values.get("schema", 1) > SCHEMA:
+            raise DskdError(f"{where} was written by a newer dskd (decision schema {values['schema']}); update dskd")
         decision = cls(**values)
         if decision.rule in FALSE_ALARM_RULES and decision.bound_false_alarm is None and decision.n_images > 0 \
                 and decision.target_false_alarm is not None:
@@ -100,14 +115,6 @@ class Decision:
         """This decision with `old` (and its history) kept in the record."""
         kept = {k: v for k, v in old.to_dict().items() if k not in ("previous", "calibration_scores")}
         return replace(self, previous=[kept, *old.previous])
-
-
-def _is(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return isinstance(value, kind)
 
 
 def rank_of(n: int, rate: float) -> int:

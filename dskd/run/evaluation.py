@@ -13,6 +13,7 @@ import torch
 
 from ..atomic import write_json
 from ..data import AnomalyDataset, NoValidationSplit, labelled_samples, load_dataset
+from ..errors import DskdError
 from . import archive
 from .batch_maps import maps_in_batches, preload, valid_tensor
 from .config import RunConfig
@@ -29,6 +30,9 @@ from .metrics import all_metrics, f1_max_threshold, pixel_metrics
 
 log = logging.getLogger(__name__)
 PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")
+# What a metrics.json must hold to be used as it is; an older or edited one is evaluated again.
+METRICS_SCHEMA = ("image_auroc", *PIXEL_METRICS, "false_alarm_rate", "recall", "n_good", "good_flagged",
+                  "bound_false_alarm", "decision", "shift")
 
 
 def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, *, save_maps: bool = False,
@@ -42,14 +46,7 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     t0 = time.perf_counter()
     loaded = load_run(run_dir, device)
     cfg, model = loaded.run.config, loaded.model
-    if threshold_from is not None:
-        decision = _from_labelled_folder(loaded, Path(threshold_from), cfg.max_false_alarm, quiet)
-        log.info("this evaluation decides at %s's F1-max threshold %.4g; the run's deployed decision is unchanged "
-                 "(python -m dskd calibrate changes it)", threshold_from, decision.threshold)
-    elif not loaded.run.decision_file.is_file():
-        decision = decide_on_held_out(loaded, data_root, quiet)
-    else:
-        decision = loaded.decision()
+    decision = _decision(loaded, threshold_from, data_root, quiet)
     test_set = load_dataset(cfg.dataset, data_root or cfg.data_root, cfg.category, "test", cfg.image_size,
                             split_file=cfg.split_file, fit_mode=cfg.fit_mode)
     images, masks = preload(test_set, desc="loading test images", quiet=quiet)
@@ -58,22 +55,11 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     labels, valid_np = test_set.labels, None if valid is None else valid.numpy()
     masks_np = masks.numpy() if test_set.has_masks else None
     metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
-    result: dict[str, Any] = {
-        **metrics, **at_threshold(labels, scores, test_set.defect_types, decision.threshold,
-                                  decision.bound_false_alarm),
-        "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
-        "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
-        "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
-        "epochs": cfg.epochs, "seed": cfg.seed, "precision": loaded.precision, "run": str(loaded.run.path),
-        "decision_threshold": decision.threshold, "decision_rule": decision.rule,
-        "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
-        "expected_false_alarm": decision.expected_false_alarm, "bound_false_alarm": decision.bound_false_alarm,
-        "decision": {k: v for k, v in decision.to_dict().items() if k != "calibration_scores"},
-        "score_summary": score_summary(labels, scores, decision.threshold),
-        "shift": _shift(decision, scores[labels == 0], test_set.where, loaded.run.path),
-    }
-    result["shifted"], result["shift_p_value"] = (None, None) if result["shift"] is None else (
-        result["shift"]["shifted"], result["shift"]["p_value"])
+    result = {**metrics, **_decided(decision, labels, scores, test_set, loaded),
+              "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
+              "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
+              "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
+              "epochs": cfg.epochs, "seed": cfg.seed, "precision": loaded.precision, "run": str(loaded.run.path)}
     if threshold_from is None:
         write_json(loaded.run.metrics_file, result)
     if save_maps:
@@ -84,6 +70,32 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             pixel_threshold=decision.pixel_threshold, per_student=per_student, per_scale=per_scale,
             norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np))
     return result
+
+
+def _decision(loaded: LoadedRun, threshold_from: str | Path | None, data_root: str | Path | None,
+              quiet: bool) -> Decision:
+    """The decision this evaluation uses: the labelled folder's F1-max for this once, or the deployed one (set on
+    the held-out images now if the run predates decisions)."""
+    if threshold_from is not None:
+        decision = _from_labelled_folder(loaded, Path(threshold_from), loaded.run.config.max_false_alarm, quiet)
+        log.info("this evaluation decides at %s's F1-max threshold %.4g; the run's deployed decision is unchanged "
+                 "(python -m dskd calibrate changes it)", threshold_from, decision.threshold)
+        return decision
+    return loaded.decision() if loaded.run.decision_file.is_file() else decide_on_held_out(loaded, data_root, quiet)
+
+
+def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, test_set: AnomalyDataset,
+             loaded: LoadedRun) -> dict[str, Any]:
+    """The decision, what it promised, and the test split at it: counts, rates, intervals, the shift test."""
+    shift = _shift(decision, scores[labels == 0], test_set.where, loaded.run.path)
+    return {**at_threshold(labels, scores, test_set.defect_types, decision.threshold, decision.bound_false_alarm),
+            "decision_threshold": decision.threshold, "decision_rule": decision.rule,
+            "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
+            "expected_false_alarm": decision.expected_false_alarm, "bound_false_alarm": decision.bound_false_alarm,
+            "decision": {k: v for k, v in decision.to_dict().items() if k != "calibration_scores"},
+            "score_summary": score_summary(labels, scores, decision.threshold), "shift": shift,
+            "shifted": None if shift is None else shift["shifted"],
+            "shift_p_value": None if shift is None else shift["p_value"]}
 
 
 def _shift(decision: Decision, good_scores: np.ndarray, where: str, run: Path) -> dict[str, Any] | None:
@@ -214,5 +226,12 @@ def evaluate_once(run: RunDir) -> dict[str, Any]:
     if run.metrics_file.is_file() and run.maps_file.is_file() and \
             run.metrics_file.stat().st_mtime >= run.checkpoint.stat().st_mtime and \
             archive.version(run.maps_file) == archive.VERSION:
-        return run.metrics()
+        try:
+            metrics = run.metrics()
+        except DskdError as exc:  # a cache, so a broken one is written anew
+            log.warning("%s; evaluating the run again", exc)
+        else:
+            if isinstance(metrics, dict) and all(k in metrics for k in METRICS_SCHEMA):
+                return metrics
+            log.warning("%s lacks fields this version records; evaluating the run again", run.metrics_file)
     return evaluate(run, save_maps=True)

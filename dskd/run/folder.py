@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import WriteError, atomic_write
 from ..errors import DskdError
 from ..model.network import DSKD
 from ..version import __version__
@@ -139,6 +141,17 @@ CHECKPOINT_SCHEMA = 2  # 2: a finished run keeps its weights and statistics, not
 # What every checkpoint holds, and what a finished run's adds (`dskd.run.training`).
 _CHECKPOINT_KEYS = {"epoch": int, "model": dict, "log": list}
 _FINISHED_KEYS = {"image_threshold": float, "map_stats": dict, "train_scores": list}
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically; a full disk is one line that says the previous checkpoint is kept and how to go on."""
+    buf = io.BytesIO()  # serialized first: torch.save reports a full disk as a RuntimeError, Python as an OSError
+    torch.save(payload, buf)
+    try:
+        atomic_write(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+    except WriteError as exc:
+        kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was written"
+        raise WriteError(f"{exc}; {kept}; then continue with --resume") from exc
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu", finished: bool = False) -> dict[str, Any]:

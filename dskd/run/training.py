@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import WriteError, atomic_write, write_json, write_text
+from ..atomic import write_json, write_text
 from ..data import get_dataset, load_dataset
 from ..errors import DskdError
 from ..model.network import DSKD
@@ -34,6 +34,7 @@ from .folder import (
     provenance,
     read_checkpoint,
     resolve_device,
+    save_checkpoint,
 )
 from .map_stats import fit_map_statistics
 
@@ -62,16 +63,6 @@ def set_cosine_lr(optims: dict[str, torch.optim.Optimizer], recipes: dict[str, O
 def student_state(model: DSKD) -> dict[str, torch.Tensor]:
     """The trainable part of the model; the frozen teacher is rebuilt from its own weights on load."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    buf = io.BytesIO()  # serialized first: torch.save reports a full disk as a RuntimeError, Python as an OSError
-    torch.save(payload, buf)
-    try:
-        atomic_write(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
-    except WriteError as exc:
-        kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was written"
-        raise WriteError(f"{exc}; {kept}; then continue with --resume") from exc
 
 
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -58,7 +58,7 @@ def test_exported_maps_equal_pytorch_through_both_runtimes(backbone, variant, tm
     model = _random_bn(build_model(backbone, variant, pretrained=backbone == "efficientnet_lite0")).eval()
     model.map_norm_stats.copy_(torch.rand_like(model.map_norm_stats) + 0.5)
     model = model.for_inference()
-    meta = {"image_size": str(SIZE), "fit_mode": "stretch", "threshold": "1.5", "threshold_rule": "test"}
+    meta = {"image_size": str(SIZE), "fit_mode": "stretch", "threshold": "1.5", "threshold_rule": "val_false_alarm"}
     path = export_model(model, "onnx", tmp_path / "m.onnx", meta, image_size=SIZE)
     x, _ = _batch(_real_images(), "stretch")
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_export_and_predict_through_the_command_line_in_every_engine(data_root, 
                 assert a["decision"] == b["decision"]
     meta = onnxruntime_predictor(onnx_path)
     decision = json.loads((run.path / "decision.json").read_text())
-    assert (meta.threshold, meta.pixel_threshold, meta.threshold_rule) == (
+    assert (meta.threshold, meta.pixel_threshold, meta.decision.rule) == (
         decision["threshold"], decision["pixel_threshold"], "val_false_alarm")
     overlay = Image.open(results["openvino"][0]["overlay"])
     assert overlay.size == Image.open(results["openvino"][0]["path"]).size  # the image's own size
@@ -201,7 +201,7 @@ def test_overlay_is_drawn_at_the_images_own_size_with_the_region_outlined():
 DEPLOYED = """
 import sys
 from dskd.cli import main
-code = main(["predict", "--model", sys.argv[1], sys.argv[2], "--out", sys.argv[3]])
+code = main(sys.argv[1:])
 assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")], "PyTorch was imported"
 sys.exit(code)
 """
@@ -209,8 +209,9 @@ sys.exit(code)
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_predict_from_an_exported_model_in_a_venv_without_torch(tmp_path, data_root):
-    """A line-side PC: a fresh venv with only the [deploy] extra (no PyTorch), dskd's source, and the .onnx file."""
+def test_predict_and_calibrate_an_exported_model_in_a_venv_without_torch(tmp_path, data_root):
+    """A line-side PC: a fresh venv with only the [deploy] extra (no PyTorch), dskd's source, and the exported files:
+    predict with them, and calibrate each on good images from the line."""
     import tomllib
 
     from dskd import fit
@@ -218,15 +219,31 @@ def test_predict_from_an_exported_model_in_a_venv_without_torch(tmp_path, data_r
 
     run = fit(profile_config("test", data_root=str(data_root), category="grid"), tmp_path / "run", quiet=True)
     model = export(run.path, "onnx", tmp_path / "line" / "model.onnx")
+    ir = export(run.path, "openvino", tmp_path / "line" / "model.xml")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     deploy = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deploy"]
     pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", *deploy], capture_output=True,
                          text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
+
+    def deployed(*argv):
+        r = subprocess.run([str(venv / "bin/python"), "-c", DEPLOYED, *map(str, argv)], capture_output=True,
+                           text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r
+
     images = data_root / "synthetic" / "grid" / "test" / "hole"
-    r = subprocess.run([str(venv / "bin/python"), "-c", DEPLOYED, str(model), str(images), str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    deployed("predict", "--model", model, images, "--out", tmp_path / "out")
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert len(rows) == 6 and all(row["decision"] in ("good", "defective") for row in rows)
+    good = data_root / "synthetic" / "grid" / "test" / "good"
+    for path, read in ((model, onnxruntime_predictor), (ir, openvino_predictor)):
+        before = read(path).threshold
+        deployed("calibrate", "--model", path, good, "--quiet")
+        after = read(path).decision
+        assert after.rule == "line_false_alarm" and after.n_images == 16 and after.threshold != before
+        assert after.previous[0]["threshold"] == before
+        deployed("predict", "--model", path, images, "--out", tmp_path / f"after_{path.suffix[1:]}", "--quiet")
+        rows = list(csv.DictReader(open(tmp_path / f"after_{path.suffix[1:]}" / "scores.csv")))
+        assert {float(row["threshold"]) for row in rows} == {after.threshold}

@@ -76,8 +76,10 @@ def test_a_decision_file_is_checked_field_by_field():
                               "n_images": 21, "target_false_alarm": 0.01, "expected_false_alarm": 1 / 22})
     assert old.bound_false_alarm == pytest.approx(false_alarm_bound(1, 21))  # computed for files before the bound
     for broken, words in (({"threshold": 3.0}, "'rule' is missing"), ([1, 2], "not a decision"),
-                          ({**d.to_dict(), "threshold": "3"}, "'threshold' is '3'"),
-                          ({**d.to_dict(), "rule": "magic"}, "rule 'magic'")):
+                          ({**d.to_dict(), "threshold": "3"}, "threshold='3' must be a number"),
+                          ({**d.to_dict(), "n_images": -2}, "n_images=-2 must be at least 0"),
+                          ({**d.to_dict(), "calibration_scores": [1.0, None]}, "calibration_scores=None"),
+                          ({**d.to_dict(), "rule": "magic"}, "rule='magic' is not allowed")):
         with pytest.raises(ValueError, match=words):
             Decision.from_dict(broken, "run/decision.json")
 
