@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -90,7 +91,7 @@ def _type_problem(value: Any, kind: Any) -> str | None:
         return "must be a number"
     if kind is bool and not isinstance(value, bool):
         return "must be true or false"
-    if kind is str and not isinstance(value, str):
+    if kind is str and not isinstance(value, (str, os.PathLike)):
         return "must be text"
     return None
 

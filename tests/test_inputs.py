@@ -116,7 +116,7 @@ def _on_a_full_disk(tmp_path, size, *argv, keep=""):
     """Run `python -m dskd ARGV` with a tmpfs of `size` mounted at tmp_path/disk (in a mount namespace of its own);
     returns (result, listing of the disk afterwards, the copy of disk/KEEP)."""
     mnt = tmp_path / "disk"
-    mnt.mkdir()
+    mnt.mkdir(parents=True)
     env = {**os.environ, "SIZE": size, "MNT": str(mnt), "PY": sys.executable, "KEEP": keep}
     r = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK, "sh", *map(str, argv)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
@@ -248,3 +248,11 @@ def test_an_empty_mask_beside_a_good_test_image_belongs_to_it(tmp_path):
     (root / "test/good/000.png").unlink()  # now the mask has lost its image: that is still an error
     with pytest.raises(ValueError, match="mask without its image"):
         load_dataset("mvtec_ad", tmp_path / "mvtec_ad", "c", "test", 32)
+
+
+def test_a_finished_run_keeps_weights_not_optimizer_state(run):
+    """What --resume needs (the optimizers' state) lives in checkpoint.pt only while a run trains."""
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["optimizers"] == {} and ckpt["schema"] == 2 and ckpt["model"] and ckpt["map_stats"]
+    weights = sum(v.numel() * v.element_size() for v in ckpt["model"].values())
+    assert (run / "checkpoint.pt").stat().st_size < 1.1 * weights

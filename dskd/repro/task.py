@@ -29,6 +29,8 @@ class ExecutorConfig:
                                at_least=0)
 
     def validate(self) -> ExecutorConfig:
+        if self.name not in EXECUTORS:
+            raise DskdError(f"executor '{self.name}' is not one of {', '.join(EXECUTORS)}")
         check_values(self)
         return self
 

@@ -48,7 +48,7 @@ def test_calibrate_a_run_and_its_exported_files(data_root, tmp_path):
     now = json.loads(run.decision_file.read_text())
     assert now["rule"] == "line_false_alarm" and now["n_images"] == 16 and "line" in now["source"]
     assert now["previous"][0]["threshold"] == trained["threshold"] and now["threshold"] != trained["threshold"]
-    assert now["bound_false_alarm"] == pytest.approx(0.1573, abs=1e-3)  # Beta(1, 16): 1 - 0.05 ** (1 / 16)
+    assert now["bound_false_alarm"] == pytest.approx(1 - 0.05 ** (1 / 16))  # Beta(1, 16)'s 0.95 quantile
     assert "is now" in r.stderr and f"{now['bound_false_alarm']:.1%}" in r.stdout
 
     r = _cli("predict", "--run", run.path, line, "--out", tmp_path / "p", "--device", "cpu", "--quiet")
