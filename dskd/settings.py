@@ -16,6 +16,8 @@ from typing import Any
 
 from .errors import DskdError
 
+REQUIRED: Any = object()  # the default of a field that has none: a stored record must give it
+
 
 def setting(default: Any = None, help: str = "", choices: Sequence | Callable[[], Sequence] | None = None, *,
             factory: Callable[[], Any] | None = None, cli: bool = True, at_least: float | None = None,
@@ -23,11 +25,14 @@ def setting(default: Any = None, help: str = "", choices: Sequence | Callable[[]
             multiple_of: int | None = None, why: str = "") -> Any:
     """A dataclass field that describes itself: its help line, its allowed values (`choices`) or its range
     (`at_least` / `above` / `at_most` / `below`, `multiple_of`, and `why` the range is what it is) travel in its
-    metadata. Numbers must be finite."""
+    metadata. Numbers must be finite. `default=REQUIRED`: no default, and a record without it is refused."""
     meta = {"help": help, "choices": choices, "cli": cli, "at_least": at_least, "above": above,
-            "at_most": at_most, "below": below, "multiple_of": multiple_of, "why": why}
+            "at_most": at_most, "below": below, "multiple_of": multiple_of, "why": why,
+            "required": default is REQUIRED}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
+    if default is REQUIRED:
+        return field(metadata=meta)
     return field(default=default, metadata=meta)
 
 

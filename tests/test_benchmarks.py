@@ -168,3 +168,19 @@ def test_fusion_choice_scales_grid_fuses_each_subset_of_the_pyramid(monkeypatch)
         assert row["pixel_auroc"] == pytest.approx(expected["pixel_auroc"])
         assert row["aupro"] == pytest.approx(expected["aupro"])
     assert len({round(r["pixel_auroc"], 9) for r in rows}) > 1  # the subsets really differ
+
+
+@pytest.mark.slow
+def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, data_root):
+    """Under the test profile (synthetic stand-ins): one row per run, and the ranking's recall at the measured
+    false-alarm rate is never below the deployed threshold's (that threshold is one point of the same ROC)."""
+    from benchmarks import decisions
+
+    assert decisions.main(["--data-root", str(data_root), "--profile", "test", "--datasets", "mvtec_ad",
+                           "--seeds", "0", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "benchmarks" / "decisions.csv")
+    assert len(table) == 1 and {"promised", "false alarms", "consistent", "shift p"} <= set(table.columns)
+    row = table.iloc[0]
+    deployed = float(row["recall"].split(": ")[1].split(" ")[0])
+    assert float(row["oracle recall at that false-alarm rate"]) >= deployed
+    assert "Clopper–Pearson" in (tmp_path / "benchmarks" / "decisions.md").read_text()

@@ -15,7 +15,8 @@ from ..errors import DskdError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DECODING = """Every image file becomes one RGB picture in [0, 1], whatever its format, by one rule:
 - integers are divided by their format's full scale: 8-bit by 255, 16-bit by 65535, a TIFF that declares 12 (or
-  10, 14) bits per sample by 4095 (1023, 16383), 1-bit by 1;
+  10, 14) bits per sample by 4095 (1023, 16383), 1-bit by 1 (so 12-bit data stored unshifted in a 16-bit PNG
+  reads at 1/16 of its brightness: shift it by 4 bits, or save a TIFF that declares 12 bits);
 - floats are taken as they are and must lie in [0, 1] (NaN, infinities or values outside are refused with one line:
   save the image scaled to [0, 1], or as 8- or 16-bit integers);
 - grayscale is repeated into R, G and B; palette images take their palette's colours; CMYK and YCbCr are converted

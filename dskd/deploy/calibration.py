@@ -6,6 +6,7 @@ the new one from then on."""
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,14 @@ import numpy as np
 from ..atomic import atomic_write, write_json
 from ..data.images import content_mask
 from ..errors import DskdError
+from ..run.config import RunConfig
 from ..run.decision import Decision, from_good_images
+from ..settings import check_value
 from .prediction import collect_images, scored
 from .predictors import decision_metadata, open_predictor
 
 log = logging.getLogger(__name__)
+TARGET = next(f for f in fields(RunConfig) if f.name == "max_false_alarm")  # described once, with its range
 
 
 def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model: str | Path | None = None,
@@ -32,8 +36,7 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
     predictor = open_predictor(run, model, engine, device)
     old = predictor.decision
     rate = max_false_alarm if max_false_alarm is not None else (old.target_false_alarm or 0.01)
-    if not 0 < rate < 1:
-        raise DskdError(f"--max-false-alarm must lie between 0 and 1, not {rate}")
+    check_value(TARGET, rate, float)  # the training setting's own range
     paths = [p for p, _ in collect_images(inputs)]
     scores, pixels = [], []
     for _, image, amap, score in scored(predictor, paths, "calibrate", quiet):
@@ -47,9 +50,8 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
                                 f"{len(scores)} good images from the line ({where})", rule="line_false_alarm")
     decision = decision.replacing(old)
     target = _store(decision, run, model)
-    log.warning("deployed threshold of %s is now %.4g (was %.4g, %s); predict%s use it from now on", target,
-                decision.threshold, old.threshold, old.rule,
-                " and export" if run is not None else "")
+    log.warning("deployed threshold of %s is now %.4g (was %.4g, %s); %s from now on", target,
+                decision.threshold, old.threshold, old.rule, "predict and export use it" if run else "predict uses it")
     return decision
 
 

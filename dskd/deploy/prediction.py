@@ -113,11 +113,11 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
     named = collect_images(inputs)
     log.info("predicting %d image(s) with %s (threshold %.4g, %s; outline at %.4g)", len(named), predictor.source,
              predictor.threshold, predictor.decision.rule, predictor.pixel_threshold)
-    targets = dict(named)
     table = _ScoresFile(out / "scores.csv")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for path, original, amap, score in scored(predictor, [p for p, _ in named], "predict", quiet):
+        outcomes = scored(predictor, [p for p, _ in named], "predict", quiet)
+        for (_, name), (path, original, amap, score) in zip(named, outcomes, strict=True):
             if isinstance(score, DskdError):
                 if strict:
                     raise score
@@ -125,7 +125,7 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
                 table.add({"path": str(path), "score": "", "decision": "", "threshold": predictor.threshold,
                            "overlay": "", "error": str(score)})
                 continue
-            target = out / targets[path]
+            target = out / name
             picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score,
                                      predictor.pixel_threshold)
             atomic_write(target, lambda tmp, pic=picture: pic.save(tmp, "PNG"))

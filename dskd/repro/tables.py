@@ -80,7 +80,7 @@ def decision_table(exp: Experiment, runs: pd.DataFrame) -> tuple[pd.DataFrame, s
     images (the shift test), and F1 beside the oracle F1-max; and the note that says how it was all set."""
     if runs.empty:
         return skipped_table(exp), ""
-    rows = {(r["category"], r["method"], r["seed"]): _decision_row(r) for _, r in runs.iterrows()}
+    rows = {(r["category"], r["method"], r["seed"]): decision_row(r) for _, r in runs.iterrows()}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.names = ["category", "method", "seed"]
     rules = ", ".join(sorted(set(runs["decision_rule"])))
@@ -116,7 +116,7 @@ def _pct(v: object) -> str:
     return f"{100 * float(v):.1f}" if _present(v) else ABSENT
 
 
-def _decision_row(r: pd.Series) -> dict[str, str]:
+def decision_row(r: pd.Series) -> dict[str, str]:
     def get(key: str) -> object:
         return r[key] if key in r else None
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from ..errors import DskdError
-from ..settings import check_value
+from ..settings import REQUIRED, check_value, setting
 from ..stats import CONFIDENCE, SHIFT_LEVEL, binomial_tail, clopper_pearson, false_alarm_bound, rank_sum_p_value
 
 log = logging.getLogger(__name__)
@@ -40,36 +40,26 @@ FALSE_ALARM_RULES = ("val_false_alarm", "line_false_alarm")  # the rules that pr
 SCHEMA = 2  # decision.json's layout: 2 added the bound, the calibration scores and the history
 
 
-_REQUIRED = object()  # a field every stored decision must have
-
-
-def _field(default: Any = _REQUIRED, help: str = "", **limits: Any) -> Any:
-    """A decision's field: its meaning and its range in its metadata, checked on load like a setting's."""
-    if default is _REQUIRED:
-        return field(metadata={"help": help, "required": True, **limits})
-    if isinstance(default, list):
-        return field(default_factory=list, metadata={"help": help, **limits})
-    return field(default=default, metadata={"help": help, **limits})
-
-
 @dataclass(frozen=True)
 class Decision:
-    threshold: float = _field(help="image level: defective when score >= threshold")
-    pixel_threshold: float = _field(help="the overlay's outline: pixels >= it")
-    rule: str = _field(help="how it was set", choices=tuple(RULES))
-    source: str = _field(help="the images it was set on, in words")
-    n_images: int = _field(help="how many", at_least=0)
-    target_false_alarm: float | None = _field(None, "the false-alarm rate asked for", above=0, below=1)
-    expected_false_alarm: float | None = _field(None, "m / (n + 1): the rate on average over calibration draws; "
-                                                      "None for rules that promise none", at_least=0, at_most=1)
-    note: str = _field("", "what the log warned of when it was set")
-    bound_false_alarm: float | None = _field(None, "the rate held with `confidence` over calibration draws",
-                                             at_least=0, at_most=1)
-    confidence: float | None = _field(None, "of the bound", above=0, below=1)
-    calibration_scores: list[float] = _field([], "sorted; what the shift test compares the test's good images with")
-    set_at: str = _field("", "when, UTC, ISO 8601")
-    previous: list[dict] = _field([], "the decisions it replaced, the latest first (without their scores)")
-    schema: int = _field(SCHEMA, "decision.json's layout", at_least=1)
+    threshold: float = setting(REQUIRED, "image level: defective when score >= threshold")
+    pixel_threshold: float = setting(REQUIRED, "the overlay's outline: pixels >= it")
+    rule: str = setting(REQUIRED, "how it was set", tuple(RULES))
+    source: str = setting(REQUIRED, "the images it was set on, in words")
+    n_images: int = setting(REQUIRED, "how many", at_least=0)
+    target_false_alarm: float | None = setting(None, "the false-alarm rate asked for", above=0, below=1)
+    expected_false_alarm: float | None = setting(None, "m / (n + 1): the rate on average over calibration draws; "
+                                                       "None for rules that promise none", at_least=0, at_most=1)
+    note: str = setting("", "what the log warned of when it was set")
+    bound_false_alarm: float | None = setting(None, "the rate held with `confidence` over calibration draws",
+                                              at_least=0, at_most=1)
+    confidence: float | None = setting(None, "of the bound", above=0, below=1)
+    calibration_scores: list[float] = setting(help="sorted; what the shift test compares the test's good images with",
+                                              factory=list)
+    set_at: str = setting("", "when, UTC, ISO 8601")
+    previous: list[dict] = setting(help="the decisions it replaced, the latest first (without their scores)",
+                                   factory=list)
+    schema: int = setting(SCHEMA, "decision.json's layout", at_least=1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
