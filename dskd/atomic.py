@@ -33,13 +33,16 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def refused(path: Path, exc: OSError, written: int = 0) -> WriteError:
+def refused(path: Path, exc: Exception, written: int = 0) -> WriteError:
+    """The one line of a write the system refused (`exc`: the OSError, or a library's own error for it)."""
     try:
         free = f"{_mb(shutil.disk_usage(path.parent).free)} free there"
     except OSError:
         free = "its free space unknown"
     reached = f"; the write had reached {_mb(written)} when it failed" if written else ""
-    return WriteError(f"could not write {path.name} in {path.parent} ({exc.strerror or exc}; {free}{reached}); free "
+    text = str(exc).strip()
+    why = getattr(exc, "strerror", None) or (text.splitlines()[-1] if text else type(exc).__name__)
+    return WriteError(f"could not write {path.name} in {path.parent} ({why}; {free}{reached}); free "
                       "space, or choose a folder you may write to")
 
 

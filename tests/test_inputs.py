@@ -147,10 +147,11 @@ def test_a_full_disk_under_training_predict_and_export(run, tmp_path, data_root)
     assert 0 < done < 16 and ".tmp" not in listing
     assert len(rows) == done or "could not be written either" in line
 
-    r, listing, _ = _on_a_full_disk(tmp_path / "export", "2M", "export", "--run", run, "--out",
-                                    tmp_path / "export/disk/model.onnx")
-    _one_line(r, "model.onnx", "No space left")
-    assert "model.onnx" not in listing and ".tmp" not in listing
+    for fmt, name in (("onnx", "model.onnx"), ("openvino", "model.xml")):
+        r, listing, _ = _on_a_full_disk(tmp_path / fmt, "2M", "export", "--run", run, "--format", fmt, "--out",
+                                        tmp_path / fmt / "disk" / name)
+        _one_line(r, name, "could not write")
+        assert "model." not in listing and ".tmp" not in listing, listing
 
 
 def test_a_truncated_download_is_one_line_and_leaves_nothing(tmp_path):

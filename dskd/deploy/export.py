@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, refused
 from ..errors import DskdError
 from ..model.network import DSKD
 from ..run.folder import LoadedRun, load_run
@@ -181,7 +181,7 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
     """Through ONNX (OpenVINO's own PyTorch frontend would also do; ONNX keeps one traced graph for both)."""
     import openvino as ov
 
-    onnx_tmp = target.with_suffix(".tmp.onnx")
+    onnx_tmp, tmp_xml = target.with_suffix(".tmp.onnx"), target.with_name(f".{target.stem}.tmp.xml")
     try:
         proto = _to_onnx(graph, example, onnx_tmp, batch, meta)
         model = ov.convert_model(str(onnx_tmp))
@@ -189,12 +189,17 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
             model = quantize(model, calibration, batch, network_nodes(proto, quantized))
         for key, value in meta.items():
             model.set_rt_info(value, ["dskd", key])
-        tmp_xml = target.with_name(f".{target.stem}.tmp.xml")
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        except RuntimeError as exc:  # OpenVINO reports a full disk or a read-only folder as its own error
+            raise refused(target, exc) from exc
         tmp_xml.with_suffix(".bin").replace(target.with_suffix(".bin"))
         tmp_xml.replace(target)
+    except OSError as exc:  # the intermediate ONNX file
+        raise refused(target, exc) from exc
     finally:
-        onnx_tmp.unlink(missing_ok=True)
+        for leftover in (onnx_tmp, tmp_xml, tmp_xml.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
 
 
 def network_nodes(proto, modules: tuple[str, ...]) -> set[str]:

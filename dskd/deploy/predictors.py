@@ -24,8 +24,8 @@ Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray
 @dataclass
 class Predictor:
     """`infer(images, valid)`: images N x 3 x S x S uint8 (RGB), valid N x S x S bool (pad mode) or None; returns
-    maps N x S x S and scores N. Exported models take the images as float32 in [0, 1]. `path` is the file or run
-    folder the predictor reads, `kind` what it is ("run", "onnx" or "openvino")."""
+    maps N x S x S and scores N. Exported models take the images as float32 in [0, 1]. `source` is the run folder
+    or file the predictor reads, `kind` the engine reading it ("run": PyTorch, "onnx" or "openvino")."""
 
     infer: Infer
     image_size: int
@@ -51,6 +51,7 @@ class Predictor:
         try:
             stored = json.loads(meta["decision"]) if "decision" in meta else {
                 "threshold": float(meta["threshold"]), "rule": meta.get("threshold_rule", "val_false_alarm"),
+                "pixel_threshold": float(meta.get("pixel_threshold", meta["threshold"])),
                 "source": "the exported file's metadata", "n_images": 0}
             size = int(meta["image_size"])
         except ValueError as exc:
