@@ -204,6 +204,14 @@ def _export(args: argparse.Namespace) -> None:
                  calibration_images=args.calibration_images))
 
 
+def _end_progress_bars() -> None:
+    """A progress bar an error interrupted ends its line, so that the error is a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -216,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     except DskdError as exc:
         if debug:
             raise
+        _end_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if debug or exc.filename is None:  # an OSError naming no file is not the user's to fix
             raise
+        _end_progress_bars()
         print(f"error: {os_problem(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ the new one from then on."""
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import fields
 from pathlib import Path
 
@@ -39,12 +40,13 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
     check_value(TARGET, rate, float)  # the training setting's own range
     paths = [p for p, _ in collect_images(inputs)]
     scores, pixels = [], []
-    for _, image, amap, score in scored(predictor, paths, "calibrate", quiet):
-        if isinstance(score, DskdError):
-            raise DskdError(f"{score} (calibration stops: every good image must be readable)")
-        scores.append(score)
-        inside = content_mask(image.shape[1], image.shape[0], predictor.image_size, predictor.fit_mode)
-        pixels.append(amap[inside])  # padding is not part of the image (pad mode)
+    with closing(scored(predictor, paths, "calibrate", quiet)) as outcomes:
+        for _, image, amap, score in outcomes:
+            if isinstance(score, DskdError):
+                raise DskdError(f"{score} (calibration stops: every good image must be readable)")
+            scores.append(score)
+            inside = content_mask(image.shape[1], image.shape[0], predictor.image_size, predictor.fit_mode)
+            pixels.append(amap[inside])  # padding is not part of the image (pad mode)
     where = ", ".join(str(Path(i)) for i in inputs)
     decision = from_good_images(np.asarray(scores, np.float32), np.concatenate(pixels), rate,
                                 f"{len(scores)} good images from the line ({where})", rule="line_false_alarm")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,18 @@ def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarra
 
 def scored(predictor: Predictor, paths: list[Path], desc: str, quiet: bool
            ) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, float | DskdError]]:
-    """(path, image, map, score) for each path in turn, or (path, None, None, the error) for an unreadable one."""
-    for path in tqdm(paths, desc=desc, disable=quiet, unit="image"):
-        try:
-            original = read_image(path)
-        except DskdError as exc:
-            yield path, None, None, exc
-            continue
-        amap, score = predict_image(predictor, original)
-        yield path, original, amap, score
+    """(path, image, map, score) for each path in turn, or (path, None, None, the error) for an unreadable one.
+    Close it (`contextlib.closing`) when stopping early: its progress bar then ends its line before an error's."""
+    with tqdm(total=len(paths), desc=desc, disable=quiet, unit="image") as bar:
+        for path in paths:
+            try:
+                original = read_image(path)
+            except DskdError as exc:
+                yield path, None, None, exc
+            else:
+                amap, score = predict_image(predictor, original)
+                yield path, original, amap, score
+            bar.update()
 
 
 class _ScoresFile:
@@ -116,7 +120,18 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
     table = _ScoresFile(out / "scores.csv")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        outcomes = scored(predictor, [p for p, _ in named], "predict", quiet)
+        _predict_all(predictor, named, out, table, strict, quiet)
+        table.write()
+    except WriteError as exc:
+        raise DskdError(_stopped(exc, table, len(named))) from exc
+    _check_share(predictor, table.rows)
+    return table.rows
+
+
+def _predict_all(predictor: Predictor, named: list[tuple[Path, Path]], out: Path, table: _ScoresFile, strict: bool,
+                 quiet: bool) -> None:
+    """Each image's overlay written and its row added, in order."""
+    with closing(scored(predictor, [p for p, _ in named], "predict", quiet)) as outcomes:
         for (_, name), (path, original, amap, score) in zip(named, outcomes, strict=True):
             if isinstance(score, DskdError):
                 if strict:
@@ -125,17 +140,12 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
                 table.add({"path": str(path), "score": "", "decision": "", "threshold": predictor.threshold,
                            "overlay": "", "error": str(score)})
                 continue
-            target = out / name
             picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score,
                                      predictor.pixel_threshold)
-            atomic_write(target, lambda tmp, pic=picture: pic.save(tmp, "PNG"))
-            table.add({"path": str(path), "score": score, "threshold": predictor.threshold, "overlay": str(target),
-                       "decision": "defective" if score >= predictor.threshold else "good", "error": ""})
-        table.write()
-    except WriteError as exc:
-        raise DskdError(_stopped(exc, table, len(named))) from exc
-    _check_share(predictor, table.rows)
-    return table.rows
+            atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, "PNG"))
+            table.add({"path": str(path), "score": score, "threshold": predictor.threshold,
+                       "overlay": str(out / name), "error": "",
+                       "decision": "defective" if score >= predictor.threshold else "good"})
 
 
 def _stopped(exc: WriteError, table: _ScoresFile, total: int) -> str:
