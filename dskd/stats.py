@@ -74,8 +74,8 @@ def conformal_p_values(calibration: Sequence[float], scores: Sequence[float]) ->
 def rank_sum_p_value(calibration: Sequence[float], scores: Sequence[float]) -> float:
     """One-sided p-value that `scores` sit higher than `calibration` (Mann–Whitney U, normal approximation with
     ties and continuity corrected). Its statistic is the sum of the scores' conformal p-values up to a linear map,
-    and its null is their exact permutation distribution, which treats the p-values' shared calibration set right
-    (a Kolmogorov–Smirnov test of them against the uniform law would take them as independent, which they are not)."""
+    and its null is their permutation distribution, which treats the p-values' shared calibration set right (a
+    Kolmogorov–Smirnov test of them against the uniform law would take them as independent, which they are not)."""
     n1, n2 = len(scores), len(calibration)
     if n1 == 0 or n2 == 0:
         return math.nan
