@@ -51,8 +51,12 @@ def _kinds(annotation: Any) -> tuple[Any, bool]:
     return annotation, optional
 
 
-def _range_problem(f: Field, value: float) -> str | None:
+def _range_problem(f: Field, number: float) -> str | None:
     m = f.metadata
+    try:
+        value = float(number)
+    except OverflowError:  # a whole number beyond any float
+        return "must be a finite number"
     if not math.isfinite(value):
         return "must be a finite number"
     for key, fails, words in (("at_least", lambda b: value < b, "at least"), ("above", lambda b: value <= b, "above"),
@@ -80,7 +84,7 @@ def check_value(f: Field, value: Any, annotation: Any, name: str | None = None) 
     for item in items:
         problem = _type_problem(item, element)
         if problem is None and element in (int, float):
-            problem = _range_problem(f, float(item))
+            problem = _range_problem(f, item)
         if problem is not None:
             why = f" ({f.metadata['why']})" if f.metadata.get("why") else ""
             raise DskdError(f"{name}={item!r} {problem}{why}")

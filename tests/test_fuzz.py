@@ -117,6 +117,11 @@ def test_any_config_json_is_a_run_or_one_line(tmp_path_factory, edits):
     assert run.config.validate() is not None
 
 
+def test_a_whole_number_beyond_any_float_is_one_line(tmp_path):
+    with pytest.raises(DskdError, match="seed=10+ must be a finite number"):
+        profile_config("test", seed=10**400).validate()
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "100000"])
 def test_the_parser_and_the_settings_refuse_with_the_same_line(value):
     """`--sigma` given on the command line or in Python: the same words."""
