@@ -8,7 +8,6 @@ arguments or data exit with code 2 and one line on stderr (a traceback only with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -18,7 +17,7 @@ from .deploy.predictors import ENGINES, FORMATS
 from .errors import DskdError, os_problem
 from .run.config import DEVICES, RunConfig
 from .run.profiles import PROFILES, profile_config
-from .settings import checked_flag
+from .settings import checked_flag, field_named
 
 log = logging.getLogger("dskd")
 
@@ -89,8 +88,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--model", help="an exported .onnx or OpenVINO .xml file, rewritten in place (no PyTorch)")
     c.add_argument("--engine", choices=ENGINES, help="default: torch for --run, else by the file's suffix")
     c.add_argument("inputs", nargs="+", metavar="GOOD_DIR", help="folders (or files) of good images from the line")
-    target = next(f for f in dataclasses.fields(RunConfig) if f.name == "max_false_alarm")
-    c.add_argument("--max-false-alarm", type=checked_flag(target, float, float, "max_false_alarm"),
+    c.add_argument("--max-false-alarm", type=checked_flag(field_named(RunConfig, "max_false_alarm"), float, float,
+                                                          "max_false_alarm"),
                    help="target false-alarm rate (default: the current decision's)")
     c.add_argument("--device", default="auto", choices=DEVICES)
     c.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -82,7 +82,7 @@ def check_value(f: Field, value: Any, annotation: Any, name: str | None = None) 
     if origin in (tuple, list) and not isinstance(value, (tuple, list)):
         raise DskdError(f"{name}={value!r} must be a list of {getattr(element, '__name__', element)}")
     for item in items:
-        problem = _type_problem(item, element)
+        problem = type_problem(item, element)
         if problem is None and element in (int, float):
             problem = _range_problem(f, item)
         if problem is not None:
@@ -93,7 +93,13 @@ def check_value(f: Field, value: Any, annotation: Any, name: str | None = None) 
         raise DskdError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
-def _type_problem(value: Any, kind: Any) -> str | None:
+def field_named(cls: type, name: str) -> Field:
+    """A settings dataclass's field by name: where another command takes the same value, it takes its range too."""
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def type_problem(value: Any, kind: Any) -> str | None:
+    """What is wrong with `value` as a `kind` (int, float, bool, str, or any other class), or None."""
     if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
         return "must be a whole number"
     if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
@@ -102,6 +108,8 @@ def _type_problem(value: Any, kind: Any) -> str | None:
         return "must be true or false"
     if kind is str and not isinstance(value, (str, os.PathLike)):
         return "must be text"
+    if isinstance(kind, type) and kind not in (int, float, bool, str) and not isinstance(value, kind):
+        return f"must be a {kind.__name__}"
     return None
 
 
@@ -138,7 +146,7 @@ def checked_flag(f: Field, annotation: Any, convert: Callable[[str], Any], name:
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} {_type_problem(text, element_hint) or 'is invalid'}") \
+            raise argparse.ArgumentTypeError(f"{name}={text!r} {type_problem(text, element_hint) or 'is invalid'}") \
                 from None
         try:
             check_value(f, value, element_hint, name)

@@ -8,7 +8,6 @@ so a quantile is a bisection on a binomial tail.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 
@@ -61,14 +60,6 @@ def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     lo = 0.0 if k == 0 else beta_quantile(tail, k, n - k + 1)
     hi = 1.0 if k == n else beta_quantile(1 - tail, k + 1, n - k)
     return lo, hi
-
-
-def conformal_p_values(calibration: Sequence[float], scores: Sequence[float]) -> list[float]:
-    """Each score's conformal p-value among the calibration scores, (1 + #{calibration >= score}) / (n + 1):
-    uniform (at least) for a good image exchangeable with the calibration images, small for one that scores higher."""
-    cal = sorted(calibration)
-    n = len(cal)
-    return [(1 + n - bisect.bisect_left(cal, s)) / (n + 1) for s in scores]
 
 
 def rank_sum_p_value(calibration: Sequence[float], scores: Sequence[float]) -> float:

@@ -33,7 +33,7 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
-    """A data root shared by the session; the synthetic data is generated into it on first use."""
+    """A data root shared by the whole test run; the synthetic data is generated into it on first use."""
     return tmp_path_factory.mktemp("data")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import closing
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,12 @@ from ..data.images import content_mask
 from ..errors import DskdError
 from ..run.config import RunConfig
 from ..run.decision import Decision, from_good_images
-from ..settings import check_value
+from ..settings import check_value, field_named
 from .prediction import collect_images, scored
 from .predictors import decision_metadata, open_predictor
 
 log = logging.getLogger(__name__)
-TARGET = next(f for f in fields(RunConfig) if f.name == "max_false_alarm")  # described once, with its range
+TARGET = field_named(RunConfig, "max_false_alarm")  # described once, with its range
 
 
 def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model: str | Path | None = None,

@@ -83,17 +83,17 @@ def _needs(module: str, extra: str = "deploy"):
 def onnxruntime_predictor(path: Path) -> Predictor:
     ort = _needs("onnxruntime")
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own types for bad files
         raise DskdError(f"{path}: not a readable ONNX model ({type(exc).__name__}); export it again") from exc
-    inputs = [i.name for i in session.get_inputs()]
+    inputs = [i.name for i in runtime.get_inputs()]
 
     def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         feed = {"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})}
-        amap, score = session.run(["map", "score"], feed)
+        amap, score = runtime.run(["map", "score"], feed)
         return amap[:, 0], score
 
-    return Predictor.from_metadata(infer, session.get_modelmeta().custom_metadata_map, str(path), "onnx")
+    return Predictor.from_metadata(infer, runtime.get_modelmeta().custom_metadata_map, str(path), "onnx")
 
 
 def openvino_predictor(path: Path) -> Predictor:

@@ -54,7 +54,7 @@ def papermill(notebook: Path, executed: Path, params: dict, log_file: Path, limi
     for k, v in params.items():
         cmd += ["-y", json.dumps({k: v})]
     with open(log_file, "w") as log:
-        # papermill in a process group of its own; its kernel, which jupyter_client starts in a session of its own,
+        # papermill in a process group of its own; its kernel, which jupyter_client starts with setsid,
         # is still its child: both are stopped as one tree (`stop_tree`) at the limit or on a signal.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)

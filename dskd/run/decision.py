@@ -18,7 +18,6 @@ quantile with 95 % confidence (the bound). Both are recorded, and the log says b
 from __future__ import annotations
 
 import logging
-import typing
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DskdError
-from ..settings import REQUIRED, check_value, setting
+from ..settings import REQUIRED, check_values, setting
 from ..stats import CONFIDENCE, SHIFT_LEVEL, binomial_tail, clopper_pearson, false_alarm_bound, rank_sum_p_value
 
 log = logging.getLogger(__name__)
@@ -75,17 +74,13 @@ class Decision:
         missing = [f.name for f in fields(cls) if f.metadata.get("required") and d.get(f.name) is None]
         if missing:
             raise DskdError(f"{where}: field '{missing[0]}' is missing; {remedy}")
-        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        hints = typing.get_type_hints(cls)
+        decision = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
         try:
-            for f in fields(cls):
-                if f.name in values:
-                    check_value(f, values[f.name], hints[f.name])
+            check_values(decision)
         except DskdError as exc:
             raise DskdError(f"{where}: {exc}; {remedy}") from None
-        if values.get("schema", 1) > SCHEMA:
-            raise DskdError(f"{where} was written by a newer dskd (decision schema {values['schema']}); update dskd")
-        decision = cls(**values)
+        if decision.schema > SCHEMA:
+            raise DskdError(f"{where} was written by a newer dskd (decision schema {decision.schema}); update dskd")
         if decision.rule in FALSE_ALARM_RULES and decision.bound_false_alarm is None and decision.n_images > 0 \
                 and decision.target_false_alarm is not None:
             m = rank_of(decision.n_images, decision.target_false_alarm)

@@ -24,6 +24,7 @@ import torch
 from ..atomic import WriteError, atomic_write
 from ..errors import DskdError
 from ..model.network import DSKD
+from ..settings import type_problem
 from ..version import __version__
 from .config import RunConfig
 from .decision import Decision
@@ -167,12 +168,9 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu", finished: bo
                         f"file?); {remedy}")
     wanted = {**_CHECKPOINT_KEYS, **(_FINISHED_KEYS if finished else {})}
     for key, kind in wanted.items():
-        value = ckpt.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
-            isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
-            got = "missing" if key not in ckpt else f"a {type(value).__name__}"
-            raise DskdError(f"{path}: its '{key}' is {got}, not a {kind.__name__}; {remedy}")
+        problem = "is missing" if key not in ckpt else type_problem(ckpt[key], kind)
+        if problem:
+            raise DskdError(f"{path}: its '{key}' {problem}; {remedy}")
     if ckpt.get("schema", 1) > CHECKPOINT_SCHEMA:
         raise DskdError(f"{path} was written by a newer dskd (checkpoint schema {ckpt['schema']}); update dskd")
     return ckpt
@@ -190,7 +188,8 @@ class LoadedRun:
         return self.run.config.precision
 
     def decision(self) -> Decision:
-        """The deployed decision set after training (`dskd.run.evaluation.calibrate`); a run from before decisions
+        """The deployed decision set after training (`dskd.run.evaluation.decide_on_held_out`) or by `calibrate`; a
+        run from before decisions
         were recorded gets the training images' mean + 3 std for both thresholds."""
         if self.run.decision_file.is_file():
             return Decision.from_dict(read_json(self.run.decision_file, "calibrating the run again"),
