@@ -167,7 +167,7 @@ def _evaluate(args: argparse.Namespace) -> None:
               f"{sh['p_value']:.2g}, level {sh['level']}; {sh['test']})")
     for kind, s in result["score_summary"].items():
         print(f"{kind:>40}: {s['n']} image(s), scores {s['min']:.4f} to {s['max']:.4f} (median {s['median']:.4f}); "
-              f"{s['at_or_above_threshold']:.1%} at or above the threshold")
+              f"{s['flagged']:.1%} flagged by the decision")
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -99,7 +99,12 @@ def field_named(cls: type, name: str) -> Field:
 
 
 def type_problem(value: Any, kind: Any) -> str | None:
-    """What is wrong with `value` as a `kind` (int, float, bool, str, or any other class), or None."""
+    """What is wrong with `value` as a `kind` (int, float, bool, str, a list of one of them, or any other class),
+    or None."""
+    if typing.get_origin(kind) in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        return next((p for v in value if (p := type_problem(v, typing.get_args(kind)[0]))), None)
     if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
         return "must be a whole number"
     if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):

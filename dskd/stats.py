@@ -62,14 +62,32 @@ def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     return lo, hi
 
 
-def rank_sum_p_value(calibration: Sequence[float], scores: Sequence[float]) -> float:
-    """One-sided p-value that `scores` sit higher than `calibration` (Mann–Whitney U, normal approximation with
-    ties and continuity corrected). Its statistic is the sum of the scores' conformal p-values up to a linear map,
-    and its null is their permutation distribution, which treats the p-values' shared calibration set right (a
-    Kolmogorov–Smirnov test of them against the uniform law would take them as independent, which they are not)."""
+def rank_sum_p_value(*pairs: tuple[Sequence[float], Sequence[float]]) -> float:
+    """One-sided p-value that the scores of each (calibration, scores) pair sit higher than its calibration
+    (Mann–Whitney U, normal approximation with ties and continuity corrected). Its statistic is the sum of the
+    scores' conformal p-values up to a linear map, and its null is their permutation distribution, which treats the
+    p-values' shared calibration set right (a Kolmogorov–Smirnov test of them against the uniform law would take
+    them as independent, which they are not).
+
+    Several pairs (cross-fitting: one per fold, the same images scored by each fold's model) sum their U
+    statistics; the sum's standard deviation is taken as the sum of theirs, its largest value under any dependence
+    between the pairs, so the test stays valid (conservative) whatever that dependence."""
+    u = mean = sd = 0.0
+    for calibration, scores in pairs:
+        n1, n2 = len(scores), len(calibration)
+        if n1 == 0 or n2 == 0:
+            return math.nan
+        ui, var = _mann_whitney_u(calibration, scores)
+        u, mean, sd = u + ui, mean + n1 * n2 / 2, sd + math.sqrt(var)
+    if sd <= 0:
+        return 1.0
+    z = (u - mean - 0.5) / sd
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _mann_whitney_u(calibration: Sequence[float], scores: Sequence[float]) -> tuple[float, float]:
+    """(U of `scores` against `calibration`, its null variance with ties corrected)."""
     n1, n2 = len(scores), len(calibration)
-    if n1 == 0 or n2 == 0:
-        return math.nan
     pooled = sorted([(s, 1) for s in scores] + [(c, 0) for c in calibration])
     rank_sum, ties, i = 0.0, 0.0, 0
     while i < len(pooled):
@@ -80,10 +98,6 @@ def rank_sum_p_value(calibration: Sequence[float], scores: Sequence[float]) -> f
         rank_sum += mid_rank * sum(1 for _, is_score in pooled[i:j] if is_score)
         ties += (j - i) ** 3 - (j - i)
         i = j
-    u = rank_sum - n1 * (n1 + 1) / 2
     n = n1 + n2
     var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
-    if var <= 0:
-        return 1.0
-    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    return rank_sum - n1 * (n1 + 1) / 2, var

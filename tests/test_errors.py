@@ -259,7 +259,7 @@ def test_evaluate_on_a_test_split_with_one_kind_of_image_reports_what_it_can(tmp
             assert all(0 <= v <= 1 for v in pixel), pixel
         assert result["decision_rule"] == "val_false_alarm" and result["decision_images"] == 8
         summary = result["score_summary"][{"defect-free": "good", "defective": "defective"}[kind]]
-        assert summary["n"] == result["n_test"] and 0 <= summary["at_or_above_threshold"] <= 1
+        assert summary["n"] == result["n_test"] and 0 <= summary["flagged"] <= 1
         assert summary["min"] <= summary["median"] <= summary["max"]
         assert json.loads((run / "metrics.json").read_text())["image_auroc"] is None
     shown = _cli("evaluate", "--run", run, "--device", "cpu")  # the same, as a person reads it

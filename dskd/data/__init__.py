@@ -130,10 +130,14 @@ VAL_MIN = 8  # the fewest validation images held out: fewer cannot place a thres
 
 def load_dataset(name: str, root: Path | str, category: str, split: str, image_size: int = 256, *,
                  require_masks: bool = True, split_file: Path | str | None = None,
-                 fit_mode: str = "stretch", val_fraction: float = 0.0, seed: int = 0) -> AnomalyDataset:
+                 fit_mode: str = "stretch", val_fraction: float = 0.0, seed: int = 0, folds: int = 1,
+                 fold: int | None = None) -> AnomalyDataset:
     """One split of a dataset. `val` is the good images that set the decision threshold and are never trained on:
     the data's own validation folder where it has one, else a seeded `val_fraction` (at least `VAL_MIN` images)
-    of the good training images, which `train` then leaves out. `val_fraction=0`: no validation split."""
+    of the good training images, which `train` then leaves out. `val_fraction=0`: no validation split.
+
+    Cross-fitting (`folds` >= 2) pools every good image (training and validation folders) and deals it, seeded,
+    into `folds` folds (`fold_of`): `val` is fold `fold`, `train` the others (all of them with `fold=None`)."""
     spec = get_dataset(name)
     if split not in SPLITS:
         raise DskdError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
@@ -146,9 +150,10 @@ def load_dataset(name: str, root: Path | str, category: str, split: str, image_s
     if split == "test":
         samples = spec.reader(d, category, split, require_masks, split_file)
     else:
-        train, val = _train_and_val(spec, d, category, split_file, val_fraction, seed)
+        train, val = _cross_fit(spec, d, category, split_file, folds, fold, seed) if folds > 1 else \
+            _train_and_val(spec, d, category, split_file, val_fraction, seed)
         samples = train if split == "train" else val
-        if not val and val_fraction > 0 and split == "train":
+        if not val and val_fraction > 0 and split == "train" and folds == 1:
             log.warning("%s: %d good training images are too few to hold out %d for validation (and keep as many "
                         "for training): none held out, the threshold comes from the training images; add images, "
                         "or pass --val-fraction 0 to say so", where, len(train), VAL_MIN)
@@ -178,8 +183,30 @@ def _train_and_val(spec: DatasetSpec, d: Path, category: str, split_file: Path |
     return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
 
 
+def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
+    """Each of n images' fold: a seeded shuffle dealt round-robin, so folds differ in size by one at most."""
+    fold = np.empty(n, np.int64)
+    fold[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
+    return fold
+
+
+def _cross_fit(spec: DatasetSpec, d: Path, category: str, split_file: Path | str | None, folds: int,
+               fold: int | None, seed: int) -> tuple[list[Sample], list[Sample]]:
+    pool = spec.reader(d, category, "train", False, split_file)
+    if spec.validation:
+        pool += spec.reader(d, category, "validation", False, split_file)
+    if len(pool) < 2 * folds:
+        raise DskdError(f"{d}: {len(pool)} good images are too few for {folds} folds (each fold needs 2 to score "
+                        "and the others to train on); lower --folds")
+    which = fold_of(len(pool), folds, seed)
+    if fold is None:
+        return pool, []
+    return [s for s, f in zip(pool, which, strict=True) if f != fold], \
+        [s for s, f in zip(pool, which, strict=True) if f == fold]
+
+
 __all__ = [
     "DATASETS", "MT_DEFECT_TYPES", "MVTEC3D_CATEGORIES", "MVTEC_AD_CATEGORIES", "MVTEC_AD_TEXTURES", "REGISTRY",
     "SPLITS", "VAL_MIN", "AnomalyDataset", "DatasetSpec", "NoValidationSplit", "Sample", "categories",
-    "dataset_root", "get_dataset", "labelled_samples", "load_dataset", "read_image",
+    "dataset_root", "fold_of", "get_dataset", "labelled_samples", "load_dataset", "read_image",
 ]

@@ -40,7 +40,7 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
     paths = [p for p, _ in collect_images(inputs)]
     scores, pixels = [], []
     with closing(scored(predictor, paths, "calibrate", quiet)) as outcomes:
-        for _, image, amap, score in outcomes:
+        for _, image, amap, score, _ in outcomes:
             if isinstance(score, DskdError):
                 raise DskdError(f"{score} (calibration stops: every good image must be readable)")
             scores.append(score)

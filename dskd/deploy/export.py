@@ -4,7 +4,9 @@ The graph holds everything from pixels to decision inputs: the teacher's input n
 DF embedding, per-student and per-scale maps, the run's map normalization, fusion, smoothing and the image score
 (BatchNorm folded). Input `images`: float32, N x 3 x S x S, RGB in [0, 1] (NCHW; S is the run's image size); in
 `fit_mode="pad"` also `valid`: bool, N x S x S, True where the input shows the image. Outputs: `map` (N x 1 x S x S),
-`score` (N) and, on request, `student_maps` (N x K x S x S). The file carries the run's metadata (`metadata()`),
+`score` (N), a cross-fitted model's `member_scores` (N x K: each student set's, which its decision compares with
+the folds; one teacher, K student sets in one graph) and, on request, `student_maps` (N x C x S x S, one per
+student). The file carries the run's metadata (`metadata()`),
 so `dskd.deploy.predictors` can predict from it alone, without PyTorch.
 
 `int8=True` (OpenVINO only) quantizes the students and the DF embedding after training with NNCF, calibrated on the
@@ -31,10 +33,11 @@ from torch import nn
 
 from ..atomic import atomic_write, refused
 from ..errors import DskdError
+from ..model.ensemble import FoldEnsemble
 from ..model.network import DSKD
 from ..run.folder import LoadedRun, load_run
 from ..version import __version__
-from .predictors import FORMATS, decision_metadata
+from .predictors import FORMATS, MEMBER_SCORES, decision_metadata
 
 log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
@@ -44,18 +47,20 @@ STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed", "model.se2", "model.s
 
 
 class InferenceGraph(nn.Module):
-    """A model from images to (map, score[, student maps]), in one traceable forward."""
+    """A model from images to (map, score[, member scores][, student maps]), in one traceable forward."""
 
-    def __init__(self, model: DSKD, student_maps: bool = False, padded: bool = False) -> None:
+    def __init__(self, model: DSKD | FoldEnsemble, student_maps: bool = False, padded: bool = False) -> None:
         super().__init__()
         self.model, self.student_maps, self.padded = model.float(), student_maps, padded
+        self.members = isinstance(model, FoldEnsemble)
         self.eval()
 
     def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None):
         out = self.model.anomaly_map(images, valid=valid if self.padded else None, keep_students=self.student_maps)
+        members = (out.member_scores,) if self.members else ()
         if not self.student_maps:
-            return out.map, out.score
-        return out.map, out.score, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
+            return out.map, out.score, *members
+        return out.map, out.score, *members, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
 
 
 def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str, str]:
@@ -71,7 +76,8 @@ def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str,
 
 def _names(graph: InferenceGraph) -> tuple[list[str], list[str]]:
     inputs = ["images", "valid"] if graph.padded else ["images"]
-    return inputs, ["map", "score"] + (["student_maps"] if graph.student_maps else [])
+    return inputs, ["map", "score"] + ([MEMBER_SCORES] if graph.members else []) + (
+        ["student_maps"] if graph.student_maps else [])
 
 
 def _onnx_proto(graph: InferenceGraph, example: tuple, batch: int | None, meta: dict[str, str]):
@@ -112,10 +118,13 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     if int8_teacher and not int8:
         raise DskdError("--int8-teacher quantizes the teacher as well: it needs --int8")
     loaded = load_run(run_dir, "cpu")
+    if int8 and loaded.run.config.ensemble:
+        raise DskdError(f"--int8 does not quantize a cross-fitted run ({loaded.run.config.folds} student sets) yet; "
+                        "export it in FP32")
     size = image_size or loaded.run.config.image_size
     target = Path(out) if out else loaded.run.path / f"model{'_int8' if int8 else ''}{SUFFIX[fmt]}"
     meta = metadata(loaded, size, batch)
-    present = tuple(m for m in STUDENT_NETWORKS if getattr(loaded.model, m.removeprefix("model.")) is not None)
+    present = tuple(m for m in STUDENT_NETWORKS if getattr(loaded.model, m.removeprefix("model."), None) is not None)
     calibration, quantized = None, present + (("model.teacher",) if int8_teacher else ())
     if int8:
         calibration = training_images(loaded, size, calibration_images)
@@ -149,7 +158,7 @@ def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarra
     return images[pick].float().div_(255.0).numpy(), None if valid is None else valid[pick].numpy()
 
 
-def export_model(model: DSKD, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
+def export_model(model: DSKD | FoldEnsemble, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
                  batch: int | None = None, student_maps: bool = False, padded: bool = False,
                  calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
                  quantized: tuple[str, ...] = STUDENT_NETWORKS) -> Path:

@@ -43,10 +43,12 @@ def _outline(region: np.ndarray, width: int) -> np.ndarray:
 
 
 def render(image: np.ndarray, amap: np.ndarray, fit_mode: str, threshold: float, score: float,
-           pixel_threshold: float | None = None) -> Image.Image:
+           pixel_threshold: float | None = None, defective: bool | None = None,
+           p_value: float | None = None) -> Image.Image:
     """Overlay for one image (H x W x 3 uint8) and its map (S x S): colour 0.5 at the pixel threshold (default: the
-    image threshold), the region at or above it outlined, and 'DEFECTIVE' or 'good' (score against the image
-    threshold) with the score written in the corner."""
+    image threshold), the region at or above it outlined, and 'DEFECTIVE' or 'good' (the decision, by default the
+    score against the image threshold) with the score and the threshold, or the p-value that decided, in the
+    corner."""
     height, width = image.shape[:2]
     full = map_to_image(amap, width, height, fit_mode)
     at = threshold if pixel_threshold is None else pixel_threshold
@@ -57,8 +59,9 @@ def render(image: np.ndarray, amap: np.ndarray, fit_mode: str, threshold: float,
     out[_outline(full >= at, max(1, min(width, height) // 200))] = OUTLINE
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
-    defective = score >= threshold
-    text = f"{'DEFECTIVE' if defective else 'good'}  score {score:.3f}  threshold {threshold:.3f}"
+    defective = score >= threshold if defective is None else defective
+    against = f"threshold {threshold:.3f}" if p_value is None else f"p {p_value:.3g}"
+    text = f"{'DEFECTIVE' if defective else 'good'}  score {score:.3f}  {against}"
     font = ImageFont.load_default(size=max(10, min(width, height) // 25))
     box = draw.textbbox((4, 4), text, font=font)
     draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(200, 0, 0) if defective else (0, 110, 0))

@@ -24,7 +24,7 @@ from . import overlay
 from .predictors import Predictor, open_predictor
 
 log = logging.getLogger(__name__)
-COLUMNS = ["path", "score", "decision", "threshold", "overlay", "error"]
+COLUMNS = ["path", "score", "decision", "threshold", "p_value", "overlay", "error"]
 
 
 def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
@@ -55,28 +55,28 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     return named
 
 
-def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float]:
-    """(S x S map, score) of one H x W x 3 uint8 image."""
+def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(S x S map, score, each student set's score of a cross-fitted model or None) of one H x W x 3 uint8 image."""
     size, mode = predictor.image_size, predictor.fit_mode
     x = fit_to_square(original, size, Image.BILINEAR, mode).transpose(2, 0, 1)[None]
     valid = content_mask(original.shape[1], original.shape[0], size, mode)[None] if mode == "pad" else None
-    maps, scores = predictor.infer(np.ascontiguousarray(x), valid)
-    return maps[0], float(scores[0])
+    maps, scores, members = predictor.infer(np.ascontiguousarray(x), valid)
+    return maps[0], float(scores[0]), None if members is None else members[0]
 
 
 def scored(predictor: Predictor, paths: list[Path], desc: str, quiet: bool
-           ) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, float | DskdError]]:
-    """(path, image, map, score) for each path in turn, or (path, None, None, the error) for an unreadable one.
+           ) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, float | DskdError, np.ndarray | None]]:
+    """(path, image, map, score, set scores) for each path in turn (`predict_image`), or (path, None, None, the
+    error, None) for an unreadable one.
     Close it (`contextlib.closing`) when stopping early: its progress bar then ends its line before an error's."""
     with tqdm(total=len(paths), desc=desc, disable=quiet, unit="image") as bar:
         for path in paths:
             try:
                 original = read_image(path)
             except DskdError as exc:
-                yield path, None, None, exc
+                yield path, None, None, exc, None
             else:
-                amap, score = predict_image(predictor, original)
-                yield path, original, amap, score
+                yield path, original, *predict_image(predictor, original)
             bar.update()
 
 
@@ -104,12 +104,13 @@ class _ScoresFile:
 def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Path, *, model: str | Path | None = None,
             engine: str | None = None, device: str = "auto", quiet: bool = True,
             strict: bool = False) -> list[dict[str, Any]]:
-    """Overlays and `scores.csv` for a user's images, from a run folder (PyTorch) or an exported `model` file.
+    """Overlays and `scores.csv` for a user's own images, from a run folder (PyTorch) or an exported `model` file.
 
-    The decision is `score >= threshold`, the run's deployed threshold (`dskd.run.decision`: set on good images,
-    never on test labels; stored in the run and in exported files). An unreadable image is skipped with a warning
-    and listed in `scores.csv` with its error (with `strict`, it stops the prediction). When the share flagged is
-    clearly above what the threshold promises for good images, one warning says so (a changed line or camera)."""
+    The decision is the run's deployed one (`dskd.run.decision`: set on good images, never on test labels; stored
+    in the run and in exported files): `score >= threshold`, or a cross-fitted model's p-value at most the target.
+    An unreadable image is skipped with a warning and listed in `scores.csv` with its error (with `strict`, it
+    stops the prediction). When the share flagged is clearly above what the decision promises for good images, one
+    warning says so (a changed line or camera)."""
     predictor = open_predictor(run_dir, model, engine, device)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -132,20 +133,24 @@ def _predict_all(predictor: Predictor, named: list[tuple[Path, Path]], out: Path
                  quiet: bool) -> None:
     """Each image's overlay written and its row added, in order."""
     with closing(scored(predictor, [p for p, _ in named], "predict", quiet)) as outcomes:
-        for (_, name), (path, original, amap, score) in zip(named, outcomes, strict=True):
+        for (_, name), (path, original, amap, score, members) in zip(named, outcomes, strict=True):
             if isinstance(score, DskdError):
                 if strict:
                     raise score
                 log.warning("skipped %s", score)
                 table.add({"path": str(path), "score": "", "decision": "", "threshold": predictor.threshold,
-                           "overlay": "", "error": str(score)})
+                           "p_value": "", "overlay": "", "error": str(score)})
                 continue
+            decision = predictor.decision
+            ranked = None if members is None or not decision.fold_scores else members[None]
+            defective = bool(decision.flags(np.array([score]), ranked)[0])
+            p = None if ranked is None else float(decision.p_values(ranked)[0])
             picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score,
-                                     predictor.pixel_threshold)
+                                     predictor.pixel_threshold, defective=defective, p_value=p)
             atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, "PNG"))
             table.add({"path": str(path), "score": score, "threshold": predictor.threshold,
-                       "overlay": str(out / name), "error": "",
-                       "decision": "defective" if score >= predictor.threshold else "good"})
+                       "p_value": "" if p is None else p, "overlay": str(out / name), "error": "",
+                       "decision": "defective" if defective else "good"})
 
 
 def _stopped(exc: WriteError, table: _ScoresFile, total: int) -> str:

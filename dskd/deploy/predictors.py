@@ -18,19 +18,21 @@ FORMATS = ("onnx", "openvino", "torchscript")  # what `dskd.deploy.export` write
 # OpenVINO CPU settings that keep a model in FP32 as exported: on CPUs with native bfloat16 OpenVINO would otherwise
 # lower the precision (maps 1e-2 off, here).
 OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
-Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray]]
+MEMBER_SCORES = "member_scores"  # a cross-fitted model's output: each student set's score (N x K)
+Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray, "np.ndarray | None"]]
 
 
 @dataclass
 class Predictor:
     """`infer(images, valid)`: images N x 3 x S x S uint8 (RGB), valid N x S x S bool (pad mode) or None; returns
-    maps N x S x S and scores N. Exported models take the images as float32 in [0, 1]. `source` is the run folder
-    or file the predictor reads, `kind` the engine reading it ("run": PyTorch, "onnx" or "openvino")."""
+    maps N x S x S, scores N and, from a cross-fitted model, each student set's scores (N x K; else None), which
+    its decision needs (`Decision.flags`). Exported models take the images as float32 in [0, 1]. `source` is the
+    run folder or file the predictor reads, `kind` the engine reading it ("run": PyTorch, "onnx" or "openvino")."""
 
     infer: Infer
     image_size: int
     fit_mode: str
-    decision: Decision  # the deployed decision: defective when score >= decision.threshold
+    decision: Decision  # the deployed decision (`Decision.flags`)
     source: str
     kind: str = "run"
 
@@ -87,11 +89,12 @@ def onnxruntime_predictor(path: Path) -> Predictor:
     except Exception as exc:  # ONNX Runtime raises its own types for bad files
         raise DskdError(f"{path}: not a readable ONNX model ({type(exc).__name__}); export it again") from exc
     inputs = [i.name for i in runtime.get_inputs()]
+    members = [o.name for o in runtime.get_outputs() if o.name == MEMBER_SCORES]
 
-    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         feed = {"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})}
-        amap, score = runtime.run(["map", "score"], feed)
-        return amap[:, 0], score
+        amap, score, *member = runtime.run(["map", "score", *members], feed)
+        return amap[:, 0], score, member[0] if member else None
 
     return Predictor.from_metadata(infer, runtime.get_modelmeta().custom_metadata_map, str(path), "onnx")
 
@@ -110,10 +113,12 @@ def openvino_predictor(path: Path) -> Predictor:
                 meta[key] = model.get_rt_info([section, key]).astype(str)
     compiled = core.compile_model(model, "CPU", OPENVINO_FP32)
     inputs = [p.get_any_name() for p in compiled.inputs]
+    members = MEMBER_SCORES in {name for p in compiled.outputs for name in p.get_names()}
 
-    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         out = compiled({"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})})
-        return out[compiled.output("map")][:, 0], out[compiled.output("score")]
+        return (out[compiled.output("map")][:, 0], out[compiled.output("score")],
+                out[compiled.output(MEMBER_SCORES)] if members else None)
 
     return Predictor.from_metadata(infer, meta, str(path), "openvino")
 
@@ -127,12 +132,13 @@ def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
     loaded = load_run(run_dir, device)
     decision = loaded.decision()
 
-    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         x = torch.from_numpy(np.ascontiguousarray(images))
         v = None if valid is None else torch.from_numpy(valid)
         (_, _, out), = maps_in_batches(loaded.model, x, loaded.device, len(x), loaded.precision, valid=v,
                                        keep_students=False)
-        return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy()
+        members = None if out.member_scores is None else out.member_scores.float().cpu().numpy()
+        return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy(), members
 
     cfg = loaded.run.config
     return Predictor(infer, cfg.image_size, cfg.fit_mode, decision, str(run_dir), "run")

@@ -38,6 +38,7 @@ class AnomalyOutput:
     score: torch.Tensor  # B
     per_student: dict[str, torch.Tensor]  # name -> B x 1 x H x W, scales fused, smoothed
     per_scale: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B x S x H x W, raw (unsmoothed)
+    member_scores: torch.Tensor | None = None  # B x K: a cross-fitted model's score by each of its student sets
 
 
 def native_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
@@ -150,6 +151,12 @@ def _valid_score(amap: torch.Tensor, valid: torch.Tensor | None, topk: int) -> t
                        topk)
 
 
+def normalize_scales(maps: Sequence[torch.Tensor], norm: torch.Tensor, scale_fusion: str) -> list[torch.Tensor]:
+    """Each scale's map as (m - loc) / scale with a student's 2 x S statistics (`fuse` says why); under product
+    fusion m / scale."""
+    return [(m if scale_fusion == "product" else m - norm[0, j].to(m)) / norm[1, j].to(m) for j, m in enumerate(maps)]
+
+
 def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", student_fusion: str = "sum",
          sigma: float = 4.0, scales: Sequence[int] | None = None, score_topk: int = 0,
          norm: Mapping[str, torch.Tensor] | None = None, valid: torch.Tensor | None = None) -> AnomalyOutput:
@@ -216,6 +223,6 @@ def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, i
 
 __all__ = [
     "SCALE_FUSIONS", "STUDENT_FUSIONS", "AnomalyOutput", "discrepancy_maps", "fuse", "fuse_native", "fuse_scales",
-    "fuse_students", "gaussian_blur", "image_score", "native_maps", "per_scale_maps", "resampling_matrix",
-    "upsample_scales", "upsample_smooth_sum",
+    "fuse_students", "gaussian_blur", "image_score", "native_maps", "normalize_scales", "per_scale_maps",
+    "resampling_matrix", "upsample_scales", "upsample_smooth_sum",
 ]

@@ -34,11 +34,12 @@ def check_images(images: torch.Tensor) -> None:
 
 
 class DSKD(nn.Module):
-    def __init__(self, config: ModelConfig, pretrained: bool = True) -> None:
+    def __init__(self, config: ModelConfig, pretrained: bool = True, teacher: nn.Module | None = None) -> None:
+        """`teacher`: a frozen teacher shared with other student sets (`dskd.model.ensemble`), else built here."""
         super().__init__()
         self.config = config.resolved()
         cfg = self.config
-        self.teacher = build_teacher(cfg.backbone, pretrained)
+        self.teacher = teacher if teacher is not None else build_teacher(cfg.backbone, pretrained)
         tc = self.teacher.channels
         self.se = ForwardStudent(tc) if "se" in cfg.students else None
         self.se2 = ForwardStudent(tc) if "se2" in cfg.students else None  # dual_se's second forward student
@@ -85,13 +86,15 @@ class DSKD(nn.Module):
                    "sd2": [self.embed2, self.sd2]}[name]
         return [p for m in modules if m is not None for p in m.parameters()]
 
-    def forward(self, images: torch.Tensor) -> tuple[Pyramid, dict[str, Pyramid]]:
-        """Teacher pyramid and each student's pyramid, all in the teacher's channel space."""
+    def forward(self, images: torch.Tensor, teacher: Pyramid | None = None) -> tuple[Pyramid, dict[str, Pyramid]]:
+        """Teacher pyramid and each student's pyramid, all in the teacher's channel space. `teacher`: the pyramid
+        of these images computed before (it is frozen: cross-fitting computes it once for all its student sets)."""
         check_images(images)
         if self.inference_only:
             images = images.contiguous(memory_format=torch.channels_last)
         x = self.teacher.normalize(images)
-        teacher = self.teacher(x)
+        if teacher is None:
+            teacher = self.teacher(x)
         out: dict[str, Pyramid] = {}
         se_raw: Pyramid | None = None
         if self.se is not None:
@@ -119,17 +122,17 @@ class DSKD(nn.Module):
             seen = [f.detach() for f in seen]
         return seen if cfg.df_source == "se" else [torch.cat(p, 1) for p in zip(teacher, seen, strict=True)]
 
-    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        teacher, students = self(images)
+    def loss(self, images: torch.Tensor, teacher: Pyramid | None = None) -> dict[str, torch.Tensor]:
+        teacher, students = self(images, teacher)
         cfg = self.config
         weights = {name: cfg.se_weight if name.startswith("se") else cfg.sd_weight for name in students}
         losses = {name: pyramid_loss(teacher, feats, cfg.scale_weights, cfg.loss) for name, feats in students.items()}
         losses["total"] = sum(weights[n] * v for n, v in losses.items())
         return losses
 
-    def native_maps(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    def native_maps(self, images: torch.Tensor, teacher: Pyramid | None = None) -> dict[str, list[torch.Tensor]]:
         """Student name -> per scale, B x 1 x h x w raw discrepancy at the scale's own resolution."""
-        return discrepancy_maps(*self(images))
+        return discrepancy_maps(*self(images, teacher))
 
     def map_norm(self) -> dict[str, torch.Tensor] | None:
         if self.config.map_norm == "none":

@@ -13,7 +13,7 @@ from ..data import AnomalyDataset
 from ..errors import DskdError
 from ..model.maps import AnomalyOutput
 from ..model.network import DSKD
-from .folder import autocast
+from .folder import LoadedRun, autocast
 
 
 def preload(dataset: AnomalyDataset, workers: int = 2, desc: str = "loading",
@@ -82,3 +82,36 @@ def maps_in_batches(model: DSKD, images: torch.Tensor, device: torch.device, bat
             continue
         yield sl, native, model.fuse(native, x.shape[-2:], valid=None if valid is None else valid[sl],
                                      keep_students=keep_students)
+
+
+def scored(loaded: LoadedRun, dataset: AnomalyDataset, quiet: bool,
+            good_pixels_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image scores, the pixel scores inside the images, of the good images only with `good_pixels_only`)."""
+    images, _ = preload(dataset, desc=f"loading {dataset.where}", quiet=quiet)
+    valid = valid_tensor(dataset)
+    maps, scores, _, _, _ = all_maps(loaded, images, valid, False, quiet)
+    keep = np.ones(maps.shape, bool) if valid is None else valid.numpy()
+    if good_pixels_only:
+        keep &= (dataset.labels == 0)[:, None, None]
+    return scores, maps[keep]
+
+
+def all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | None, keep: bool, quiet: bool):
+    """Fused maps and scores of every image; with `keep`, also each student's map and native per-scale maps; a
+    cross-fitted model's scores by each student set too (else None)."""
+    model, (n, _, s, _) = loaded.model, images.shape
+    maps, scores = np.empty((n, s, s), np.float32), np.empty(n, np.float32)
+    members = np.empty((n, loaded.run.config.folds), np.float32) if loaded.run.config.ensemble else None
+    per_student = {name: np.empty((n, s, s), np.float16) for name in model.students} if keep else {}
+    native: dict[str, list[list[np.ndarray]]] = {name: [] for name in per_student}
+    for sl, nat, out in maps_in_batches(model, images, loaded.device, loaded.run.config.batch_size * 2,
+                                        loaded.precision, desc="evaluate", quiet=quiet, valid=valid,
+                                        keep_students=keep):
+        maps[sl], scores[sl] = out.map[:, 0].cpu().numpy(), out.score.cpu().numpy()
+        if members is not None:
+            members[sl] = out.member_scores.cpu().numpy()
+        for name in per_student:
+            per_student[name][sl] = out.per_student[name][:, 0].cpu().numpy()
+            native[name].append([m[:, 0].cpu().numpy() for m in nat[name]])
+    per_scale = {k: [np.concatenate(parts) for parts in zip(*v, strict=True)] for k, v in native.items()}
+    return maps, scores, per_student, per_scale, members

@@ -48,7 +48,8 @@ RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
 # fingerprint at that value, so earlier runs keep their names (earlier CUDA runs, in bfloat16, get new ones).
 FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
                                                   ("recalibrate_bn",): False, ("precision",): "float32",
-                                                  ("val_fraction",): 0.0, ("max_false_alarm",): 0.01}
+                                                  ("val_fraction",): 0.0, ("max_false_alarm",): 0.01,
+                                                  ("folds",): 1, ("fold",): None}
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,14 @@ class RunConfig:
     max_false_alarm: float = setting(0.01, "the decision threshold's target false-alarm rate on good images, set on "
                                            "the validation images (image scores and, for outlines, pixels)",
                                     above=0, below=1)
-    seed: int = setting(0, "random seed (weights, batch order, the validation hold-out)", at_least=0,
+    folds: int = setting(1, "cross-fitting: K student sets on one teacher, each trained on every good image but one "
+                            "fold, so that every good image sets the threshold, scored by a set that never saw it "
+                            "(docs/deploy.md); 1: one model and the validation split", at_least=1, at_most=10,
+                         why="each fold costs one more training; 10 folds already train each set on 90 % of the "
+                             "images")
+    fold: int | None = setting(None, "which fold a cross-fitting member leaves out (set by training)", cli=False,
+                               at_least=0)
+    seed: int = setting(0, "random seed (weights, batch order, the validation hold-out and the folds)", at_least=0,
                         at_most=2**32 - 1)
     device: str = setting("auto", "where to train; not part of the run's identity", DEVICES)
     precision: str = setting("auto", "arithmetic of training and maps; auto: float32 on every device (README)",
@@ -94,9 +102,16 @@ class RunConfig:
             if not is_dataclass(part):
                 raise DskdError(f"optimizer settings must be a mapping of their fields, not {part!r}")
             check_values(part)
+        if self.fold is not None and self.fold >= self.folds:
+            raise DskdError(f"fold {self.fold} does not exist among {self.folds} folds")
         if not isinstance(self.model, ModelConfig):
             raise DskdError(f"model settings must be a mapping of their fields, not {self.model!r}")
         return dataclasses.replace(self, model=self.model.resolved())
+
+    @property
+    def ensemble(self) -> bool:
+        """A cross-fitted run: K student sets (not one of them, which has its `fold`)."""
+        return self.folds > 1 and self.fold is None
 
     def with_device(self, device_type: str) -> RunConfig:
         """The concrete precision for a device: `auto` is float32 on every device (README: why), so a run's
@@ -134,7 +149,7 @@ class RunConfig:
         src += "-dfpred" if m.df_input == "predicted" and m.df_source in ("se", "both") else ""
         src += "-detach" if m.df_detach and m.variant != "sd_only" else ""
         return (f"{self.dataset}-{self.category}-{m.backbone}-{m.variant}{src}-{self.image_size}px-"
-                f"e{self.epochs}-s{self.seed}-{self.fingerprint()}")
+                f"e{self.epochs}-s{self.seed}{f'-k{self.folds}' if self.folds > 1 else ''}-{self.fingerprint()}")
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """Override run or model fields by name (None values are ignored); `lr` sets both students' rates, and

@@ -34,8 +34,10 @@ RULES = {
     "line_false_alarm": "good images from the line at the target false-alarm rate (python -m dskd calibrate)",
     "train_mean_plus_3std": "the training images' mean score + 3 std (no validation split)",
     "f1_max_on_folder": "the F1-max threshold on a labelled folder the user named (one evaluation only)",
+    "cross_conformal": "every good training image, scored by the student set that never trained on it, at the "
+                       "target false-alarm rate (cross-conformal p-values, docs/deploy.md)",
 }
-FALSE_ALARM_RULES = ("val_false_alarm", "line_false_alarm")  # the rules that promise a rate
+FALSE_ALARM_RULES = ("val_false_alarm", "line_false_alarm", "cross_conformal")  # the rules that promise a rate
 SCHEMA = 2  # decision.json's layout: 2 added the bound, the calibration scores and the history
 
 
@@ -58,6 +60,8 @@ class Decision:
     set_at: str = setting("", "when, UTC, ISO 8601")
     previous: list[dict] = setting(help="the decisions it replaced, the latest first (without their scores)",
                                    factory=list)
+    fold_scores: list[list[float]] = setting(help="cross_conformal: per fold, its images' scores by the student set "
+                                                  "that never trained on them, sorted", factory=list)
     schema: int = setting(SCHEMA, "decision.json's layout", at_least=1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,12 +98,40 @@ class Decision:
             return f"no false-alarm rate is promised ({RULES.get(self.rule, self.rule)})"
         bound = "" if self.bound_false_alarm is None else \
             f", at most {self.bound_false_alarm:.1%} with {self.confidence:.0%} confidence"
-        return f"flags a good image like these {self.expected_false_alarm:.1%} of the time on average{bound}"
+        worst = ""
+        if self.fold_scores:  # Vovk's (2015) guarantee for cross-conformal p-values, as docs/deploy.md states it
+            k, n, rate = len(self.fold_scores), self.n_images, self.expected_false_alarm
+            worst = f" (cross-conformal over {k} folds: at most {2 * rate + 2 * (1 - rate) * (k - 1) / (n + k):.1%} " \
+                    "on average in the worst case)"
+        return f"flags a good image like these {self.expected_false_alarm:.1%} of the time on average{bound}{worst}"
 
     def replacing(self, old: Decision) -> Decision:
         """This decision with `old` (and its history) kept in the record."""
-        kept = {k: v for k, v in old.to_dict().items() if k not in ("previous", "calibration_scores")}
+        kept = {k: v for k, v in old.to_dict().items() if k not in ("previous", "calibration_scores", "fold_scores")}
         return replace(self, previous=[kept, *old.previous])
+
+    def flags(self, scores: np.ndarray, member_scores: np.ndarray | None = None) -> np.ndarray:
+        """Which images it calls defective: score >= threshold; under the cross-conformal rule, those whose
+        p-value (1 + `exceedances`) / (n + 1) is at most m / (n + 1), i.e. fewer than m exceedances (with one
+        fold, exactly the threshold's decision)."""
+        if not self.fold_scores:
+            return np.asarray(scores) >= self.threshold
+        return self.exceedances(member_scores) < rank_of(self.n_images, self.target_false_alarm)
+
+    def p_values(self, member_scores: np.ndarray) -> np.ndarray:
+        """Cross-conformal p-values: (1 + `exceedances`) / (n + 1)."""
+        return (1 + self.exceedances(member_scores)) / (self.n_images + 1)
+
+    def exceedances(self, member_scores: np.ndarray | None) -> np.ndarray:
+        """Per image (N x K scores, one per student set), how many out-of-fold calibration scores of each set lie
+        at or above that set's score of the image, summed over the sets."""
+        k = len(self.fold_scores)
+        s = None if member_scores is None else np.asarray(member_scores, np.float64)
+        if s is None or s.ndim != 2 or s.shape[1] != k:
+            raise DskdError(f"a cross-fitted decision needs each of its {k} student sets' scores, got "
+                            f"{None if s is None else s.shape}; score with the cross-fitted model it was set for")
+        return sum(len(c) - np.searchsorted(np.asarray(c), s[:, i], side="left")
+                   for i, c in enumerate(self.fold_scores))
 
 
 def rank_of(n: int, rate: float) -> int:
@@ -118,8 +150,9 @@ def false_alarm_threshold(scores: np.ndarray, rate: float) -> tuple[float, float
 
 
 def from_good_images(scores: np.ndarray, maps: np.ndarray, rate: float, source: str,
-                     rule: str = "val_false_alarm") -> Decision:
-    """Image and pixel thresholds at `rate` on good images the model never trained on."""
+                     rule: str = "val_false_alarm", announce: bool = True) -> Decision:
+    """Image and pixel thresholds at `rate` on good images the model never trained on; `announce`: the log says
+    what it promises (and warns of its notes), else says it at debug level only."""
     scores = np.asarray(scores, np.float32).ravel()
     if scores.size == 0:
         raise DskdError(f"no good images to set a threshold on ({source})")
@@ -135,22 +168,35 @@ def from_good_images(scores: np.ndarray, maps: np.ndarray, rate: float, source: 
     if np.ptp(scores) == 0:
         notes.append(f"all {n} calibration scores are equal ({float(scores[0]):.4g}): the model does not "
                      "tell these images apart; check that they are real, varied images")
-    for note in notes:
-        log.warning("decision threshold: %s", note)
     decision = Decision(threshold, pixel_threshold, rule, source, n, rate, expected, "; ".join(notes), bound,
                         CONFIDENCE, sorted(float(s) for s in scores), datetime.now(timezone.utc).isoformat(
                             timespec="seconds"))
-    log.info("decision threshold %.4g on %s: it %s", threshold, source, decision.promise())
+    return _announced(decision) if announce else decision
+
+
+def _announced(decision: Decision) -> Decision:
+    if decision.note:
+        log.warning("decision threshold: %s", decision.note)
+    log.info("decision threshold %.4g on %s: it %s", decision.threshold, decision.source, decision.promise())
     return decision
 
 
-def at_threshold(labels: np.ndarray, scores: np.ndarray, defect_types: list[str], threshold: float,
+def from_folds(fold_scores: list[list[float]], pixel_threshold: float, rate: float, source: str) -> Decision:
+    """The cross-conformal decision at `rate` on the out-of-fold scores of K student sets. Its image decision is
+    `Decision.flags`'; its `threshold`, the pooled scores' by the one-model rule, is what plots and overlays show."""
+    pooled = np.concatenate([np.asarray(f, np.float32).ravel() for f in fold_scores])
+    decision = from_good_images(pooled, np.zeros(1, np.float32), rate, source, "cross_conformal", announce=False)
+    return _announced(replace(decision, pixel_threshold=float(pixel_threshold),
+                              fold_scores=[sorted(float(s) for s in np.asarray(f).ravel()) for f in fold_scores]))
+
+
+def at_threshold(labels: np.ndarray, flagged: np.ndarray, defect_types: list[str],
                  bound: float | None = None) -> dict[str, Any]:
-    """The test split decided at the deployed threshold: false-alarm rate (good images flagged) and recall (per
+    """The test split decided (`flagged`, by `Decision.flags`): false-alarm rate (good images flagged) and recall (per
     defect type too), each with its counts and Clopper–Pearson interval, precision and F1, and whether the measured
     false-alarm rate is consistent with the `bound` the threshold promised (its interval reaches down to it). Each
     is None where the split cannot define it (no good image, no defective one, nothing flagged)."""
-    flagged, bad = scores >= threshold, labels.astype(bool)
+    flagged, bad = np.asarray(flagged, bool), labels.astype(bool)
     n_bad, n_good, n_flagged = int(bad.sum()), int((~bad).sum()), int(flagged.sum())
     tp, fp = int((flagged & bad).sum()), int((flagged & ~bad).sum())
     recall = tp / n_bad if n_bad else None
@@ -167,12 +213,18 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, defect_types: list[str]
             "consistent_with_bound": None if fa_interval is None or bound is None else bool(fa_interval[0] <= bound)}
 
 
-def shift_test(decision: Decision, good_scores: np.ndarray, level: float = SHIFT_LEVEL) -> dict[str, Any] | None:
+def shift_test(decision: Decision, good_scores: np.ndarray, level: float = SHIFT_LEVEL,
+               member_scores: np.ndarray | None = None) -> dict[str, Any] | None:
     """Do good images score like the calibration images? The one-sided rank-sum test of their conformal p-values
-    (`dskd.stats.rank_sum_p_value`) at `level`; None where there is nothing to compare."""
+    (`dskd.stats.rank_sum_p_value`) at `level`; cross-fitted, each set's scores against its own fold's, the
+    statistics summed (`rank_sum_p_value`'s pairs). None where there is nothing to compare."""
     if not decision.calibration_scores or len(good_scores) == 0:
         return None
-    p = rank_sum_p_value(decision.calibration_scores, [float(s) for s in good_scores])
+    if decision.fold_scores:
+        member = np.asarray(member_scores, np.float64)
+        p = rank_sum_p_value(*[(c, member[:, k].tolist()) for k, c in enumerate(decision.fold_scores)])
+    else:
+        p = rank_sum_p_value((decision.calibration_scores, [float(s) for s in good_scores]))
     return {"test": "one-sided Mann-Whitney U of the good images' scores against the calibration scores "
                     "(their conformal p-values against uniform ones)",
             "level": level, "p_value": p, "n_calibration": len(decision.calibration_scores),

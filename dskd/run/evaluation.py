@@ -1,5 +1,5 @@
-"""Evaluation: set a run's deployed decision on images that are not its test split, score the test split, and, on
-request, keep every map (`dskd.run.archive`)."""
+"""Evaluation: score the test split at the run's deployed decision (`dskd.run.deciding`), which no test label set,
+and, on request, keep every map (`dskd.run.archive`)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..atomic import write_json
-from ..data import AnomalyDataset, NoValidationSplit, labelled_samples, load_dataset
+from ..data import AnomalyDataset, load_dataset
 from ..errors import DskdError
 from . import archive
-from .batch_maps import maps_in_batches, preload, valid_tensor
-from .config import RunConfig
-from .decision import (
-    FALSE_ALARM_RULES,
-    Decision,
-    at_threshold,
-    false_alarm_threshold,
-    from_good_images,
-    shift_test,
-)
+from .batch_maps import all_maps, preload, valid_tensor
+from .deciding import decide_on_held_out, from_labelled_folder
+from .decision import FALSE_ALARM_RULES, Decision, at_threshold, shift_test
 from .folder import LoadedRun, RunDir, load_run
-from .metrics import all_metrics, f1_max_threshold, pixel_metrics
+from .metrics import all_metrics, pixel_metrics
 
 log = logging.getLogger(__name__)
 PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")
@@ -51,11 +43,11 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
                             split_file=cfg.split_file, fit_mode=cfg.fit_mode)
     images, masks = preload(test_set, desc="loading test images", quiet=quiet)
     valid = valid_tensor(test_set)
-    maps, scores, per_student, per_scale = _all_maps(loaded, images, valid, save_maps, quiet)
+    maps, scores, per_student, per_scale, members = all_maps(loaded, images, valid, save_maps, quiet)
     labels, valid_np = test_set.labels, None if valid is None else valid.numpy()
     masks_np = masks.numpy() if test_set.has_masks else None
     metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
-    result = {**metrics, **_decided(decision, labels, scores, test_set, loaded),
+    result = {**metrics, **_decided(decision, labels, scores, members, test_set, loaded),
               "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
               "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
               "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
@@ -77,31 +69,35 @@ def _decision(loaded: LoadedRun, threshold_from: str | Path | None, data_root: s
     """The decision this evaluation uses: the labelled folder's F1-max for this once, or the deployed one (set on
     the held-out images now if the run predates decisions)."""
     if threshold_from is not None:
-        decision = _from_labelled_folder(loaded, Path(threshold_from), loaded.run.config.max_false_alarm, quiet)
+        decision = from_labelled_folder(loaded, Path(threshold_from), loaded.run.config.max_false_alarm, quiet)
         log.info("this evaluation decides at %s's F1-max threshold %.4g; the run's deployed decision is unchanged "
                  "(python -m dskd calibrate changes it)", threshold_from, decision.threshold)
         return decision
     return loaded.decision() if loaded.run.decision_file.is_file() else decide_on_held_out(loaded, data_root, quiet)
 
 
-def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, test_set: AnomalyDataset,
-             loaded: LoadedRun) -> dict[str, Any]:
+def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, members: np.ndarray | None,
+             test_set: AnomalyDataset, loaded: LoadedRun) -> dict[str, Any]:
     """The decision, what it promised, and the test split at it: counts, rates, intervals, the shift test."""
-    shift = _shift(decision, scores[labels == 0], test_set.where, loaded.run.path)
-    return {**at_threshold(labels, scores, test_set.defect_types, decision.threshold, decision.bound_false_alarm),
+    good = labels == 0
+    shift = _shift(decision, scores[good], None if members is None else members[good], test_set.where,
+                   loaded.run.path)
+    flagged = decision.flags(scores, members)
+    return {**at_threshold(labels, flagged, test_set.defect_types, decision.bound_false_alarm),
             "decision_threshold": decision.threshold, "decision_rule": decision.rule,
             "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
             "expected_false_alarm": decision.expected_false_alarm, "bound_false_alarm": decision.bound_false_alarm,
             "decision": {k: v for k, v in decision.to_dict().items() if k != "calibration_scores"},
-            "score_summary": score_summary(labels, scores, decision.threshold), "shift": shift,
+            "score_summary": score_summary(labels, scores, flagged), "shift": shift,
             "shifted": None if shift is None else shift["shifted"],
             "shift_p_value": None if shift is None else shift["p_value"]}
 
 
-def _shift(decision: Decision, good_scores: np.ndarray, where: str, run: Path) -> dict[str, Any] | None:
+def _shift(decision: Decision, good_scores: np.ndarray, members: np.ndarray | None, where: str,
+           run: Path) -> dict[str, Any] | None:
     """The shift test on the test's good images, said in one warning line when they score higher than the
     calibration images (the promised rate does not hold for them)."""
-    found = shift_test(decision, good_scores) if decision.rule in FALSE_ALARM_RULES else None
+    found = shift_test(decision, good_scores, member_scores=members) if decision.rule in FALSE_ALARM_RULES else None
     if found and found["shifted"]:
         log.warning("%s: its %d good images score higher than the %d images the threshold was set on (one-sided "
                     "Mann-Whitney U on their conformal p-values, p = %.2g < %g), so the false-alarm rate promised "
@@ -109,61 +105,6 @@ def _shift(decision: Decision, good_scores: np.ndarray, where: str, run: Path) -
                     "calibrate --run %s GOOD_DIR", where, found["n_good"], found["n_calibration"], found["p_value"],
                     found["level"], run)
     return found
-
-
-def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, quiet: bool = True) -> Decision:
-    """Set the run's deployed decision (`decision.json`) as training does: on its validation split, else
-    (val_fraction 0) on the training images."""
-    cfg = loaded.run.config
-    images, held_out = _good_images(cfg, data_root or cfg.data_root)
-    scores, pixels = _scored(loaded, images, quiet)
-    if held_out:
-        decision = from_good_images(scores, pixels, cfg.max_false_alarm,
-                                    f"{len(images)} good images held out of training "
-                                    f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
-    else:
-        note = (f"no validation split (val_fraction {cfg.val_fraction}): both thresholds come from the images "
-                "the model was trained on, so expect more false alarms than on held-out images")
-        log.warning("decision threshold: %s", note)
-        decision = Decision(loaded.image_threshold, false_alarm_threshold(pixels, cfg.max_false_alarm)[0],
-                            "train_mean_plus_3std", f"{len(images)} training images "
-                            f"({cfg.dataset}/{cfg.category})", len(images),
-                            cfg.max_false_alarm, None, note)
-    write_json(loaded.run.decision_file, decision.to_dict())
-    return decision
-
-
-def _good_images(cfg: RunConfig, root: str | Path) -> tuple[AnomalyDataset, bool]:
-    """(the validation split, True), or (the training images, False) where the run has none."""
-    def split(name: str) -> AnomalyDataset:
-        return load_dataset(cfg.dataset, root, cfg.category, name, cfg.image_size, split_file=cfg.split_file,
-                            fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    try:
-        return split("val"), True
-    except NoValidationSplit:
-        return split("train"), False
-
-
-def _from_labelled_folder(loaded: LoadedRun, folder: Path, rate: float, quiet: bool) -> Decision:
-    cfg = loaded.run.config
-    images = AnomalyDataset(labelled_samples(folder), cfg.image_size, where=str(folder), fit_mode=cfg.fit_mode)
-    scores, pixels = _scored(loaded, images, quiet, good_pixels_only=True)
-    good = int((images.labels == 0).sum())
-    return Decision(f1_max_threshold(images.labels, scores), false_alarm_threshold(pixels, rate)[0],
-                    "f1_max_on_folder", f"{folder} ({good} good, {len(images) - good} defective images)",
-                    len(images), rate, None)
-
-
-def _scored(loaded: LoadedRun, dataset: AnomalyDataset, quiet: bool,
-            good_pixels_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(image scores, the pixel scores inside the images, of the good images only with `good_pixels_only`)."""
-    images, _ = preload(dataset, desc=f"loading {dataset.where}", quiet=quiet)
-    valid = valid_tensor(dataset)
-    maps, scores, _, _ = _all_maps(loaded, images, valid, False, quiet)
-    keep = np.ones(maps.shape, bool) if valid is None else valid.numpy()
-    if good_pixels_only:
-        keep &= (dataset.labels == 0)[:, None, None]
-    return scores, maps[keep]
 
 
 def _metrics(where: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray,
@@ -190,34 +131,17 @@ def _metrics(where: str, labels: np.ndarray, scores: np.ndarray, masks: np.ndarr
     return out
 
 
-def score_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+def score_summary(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dict[str, dict[str, float]]:
     """What can be measured with one kind of image alone: each kind's score distribution and the share of its
-    images at or above `threshold` (the false-alarm rate of the good ones, the recall of the defective ones)."""
+    images the decision flags (the false-alarm rate of the good ones, the recall of the defective ones)."""
     out = {}
     for kind, chosen in (("good", ~labels.astype(bool)), ("defective", labels.astype(bool))):
         s = scores[chosen].astype(np.float64)
         if s.size:
             out[kind] = {"n": int(s.size), "min": float(s.min()), "median": float(np.median(s)),
                          "p95": float(np.percentile(s, 95)), "max": float(s.max()),
-                         "at_or_above_threshold": float((s >= threshold).mean())}
+                         "flagged": float(flagged[chosen].mean())}
     return out
-
-
-def _all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | None, keep: bool, quiet: bool):
-    """Fused maps and scores of every image; with `keep`, also each student's map and native per-scale maps."""
-    model, (n, _, s, _) = loaded.model, images.shape
-    maps, scores = np.empty((n, s, s), np.float32), np.empty(n, np.float32)
-    per_student = {name: np.empty((n, s, s), np.float16) for name in model.students} if keep else {}
-    native: dict[str, list[list[np.ndarray]]] = {name: [] for name in per_student}
-    for sl, nat, out in maps_in_batches(model, images, loaded.device, loaded.run.config.batch_size * 2,
-                                        loaded.precision, desc="evaluate", quiet=quiet, valid=valid,
-                                        keep_students=keep):
-        maps[sl], scores[sl] = out.map[:, 0].cpu().numpy(), out.score.cpu().numpy()
-        for name in per_student:
-            per_student[name][sl] = out.per_student[name][:, 0].cpu().numpy()
-            native[name].append([m[:, 0].cpu().numpy() for m in nat[name]])
-    per_scale = {k: [np.concatenate(parts) for parts in zip(*v, strict=True)] for k, v in native.items()}
-    return maps, scores, per_student, per_scale
 
 
 def evaluate_once(run: RunDir) -> dict[str, Any]:

@@ -8,6 +8,7 @@ request, `maps.npz` (`dskd.run.archive`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ import torch
 
 from ..atomic import WriteError, atomic_write
 from ..errors import DskdError
+from ..model.ensemble import FoldEnsemble
 from ..model.network import DSKD
 from ..settings import type_problem
 from ..version import __version__
@@ -67,6 +69,10 @@ class RunDir:
 
     def metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_file, "evaluating the run again")
+
+    def member(self, k: int) -> RunDir:
+        """A cross-fitted run's student set k, trained in its own folder (`folds/<k>`) without fold k."""
+        return RunDir(self.path / "folds" / str(k), dataclasses.replace(self.config, fold=k))
 
 
 def read_json(path: Path, remedy: str) -> dict[str, Any]:
@@ -132,9 +138,14 @@ def provenance(cfg: RunConfig, device: torch.device, train_files: str, n_train: 
     }
 
 
-def load_students(model: DSKD, state: dict[str, torch.Tensor]) -> None:
+def is_teacher_key(key: str) -> bool:
+    """A state-dict entry of the frozen teacher, rebuilt from its own weights on load and never saved."""
+    return key.startswith("teacher.") or ".teacher." in key
+
+
+def load_students(model: DSKD | FoldEnsemble, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("teacher.") for k in missing):
+    if unexpected or not all(map(is_teacher_key, missing)):
         raise DskdError(f"checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
@@ -179,7 +190,7 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu", finished: bo
 @dataclass
 class LoadedRun:
     run: RunDir
-    model: DSKD
+    model: DSKD | FoldEnsemble
     image_threshold: float  # from the training images: mean + 3 std of their scores
     device: torch.device
 
@@ -188,7 +199,7 @@ class LoadedRun:
         return self.run.config.precision
 
     def decision(self) -> Decision:
-        """The deployed decision set after training (`dskd.run.evaluation.decide_on_held_out`) or by `calibrate`; a
+        """The deployed decision set after training (`dskd.run.deciding.decide_on_held_out`) or by `calibrate`; a
         run from before decisions
         were recorded gets the training images' mean + 3 std for both thresholds."""
         if self.run.decision_file.is_file():
@@ -224,6 +235,8 @@ def load_run(run_dir: str | Path | RunDir, device: str = "auto") -> LoadedRun:
         raise DskdError(f"{run.path} has not finished training; resume it with 'python -m dskd train ... --resume'")
     dev = resolve_device(device)
     ckpt = read_checkpoint(run.checkpoint, dev, finished=True)
-    model = DSKD(run.config.model, pretrained=True).to(dev).eval()
+    cfg = run.config
+    model = FoldEnsemble(cfg.model, cfg.folds) if cfg.ensemble else DSKD(cfg.model, pretrained=True)
+    model = model.to(dev).eval()
     load_students(model, ckpt["model"])
     return LoadedRun(run, model.for_inference(), float(ckpt["image_threshold"]), dev)

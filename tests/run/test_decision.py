@@ -60,9 +60,9 @@ def test_the_bound_holds_with_its_confidence_over_calibration_draws():
 
 def test_the_shift_test_keeps_its_level_and_sees_a_shift():
     rng = np.random.default_rng(4)
-    same = [rank_sum_p_value(rng.normal(size=21), rng.normal(size=20)) < 0.01 for _ in range(1000)]
+    same = [rank_sum_p_value((rng.normal(size=21), rng.normal(size=20))) < 0.01 for _ in range(1000)]
     assert np.mean(same) <= 0.02  # exchangeable good images: at most about the 1 % level
-    moved = [rank_sum_p_value(rng.normal(size=21), rng.normal(size=20) + 1.5) < 0.01 for _ in range(200)]
+    moved = [rank_sum_p_value((rng.normal(size=21), rng.normal(size=20) + 1.5)) < 0.01 for _ in range(200)]
     assert np.mean(moved) > 0.9
     d = from_good_images(rng.normal(size=76).astype(np.float32), np.zeros(4, np.float32), 0.01, "76 images")
     assert shift_test(d, rng.normal(size=191) + 1.0)["shifted"] and not shift_test(d, np.array([]))
@@ -97,14 +97,14 @@ def test_numbers_at_the_threshold():
     labels = np.array([0, 0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.4, 0.95])
     types = ["good"] * 4 + ["crack", "crack", "hole"]
-    got = at_threshold(labels, scores, types, 0.5)
+    got = at_threshold(labels, scores >= 0.5, types)
     assert got["false_alarm_rate"] == 0.25 and got["recall"] == pytest.approx(2 / 3)
     assert got["precision_at_threshold"] == pytest.approx(2 / 3) and got["f1_at_threshold"] == pytest.approx(2 / 3)
     assert got["per_defect_recall"] == {"crack": 0.5, "hole": 1.0}
-    good_only = at_threshold(labels[:4], scores[:4], types[:4], 0.5)
+    good_only = at_threshold(labels[:4], scores[:4] >= 0.5, types[:4])
     assert good_only["false_alarm_rate"] == 0.25 and good_only["recall"] is None
     assert good_only["precision_at_threshold"] is None
-    assert at_threshold(labels[4:], scores[4:], types[4:], 0.5)["false_alarm_rate"] is None
+    assert at_threshold(labels[4:], scores[4:] >= 0.5, types[4:])["false_alarm_rate"] is None
 
 
 def test_validation_split_is_seeded_disjoint_and_never_trained_on(data_root):

@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_pat
 
 def test_cosine_schedule_runs_from_base_rate_to_zero():
     from dskd.run.config import STFPM_SGD
-    from dskd.run.training import set_cosine_lr as _set_cosine_lr
+    from dskd.run.trainer import set_cosine_lr as _set_cosine_lr
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
     seen = []
@@ -117,7 +117,7 @@ def test_cosine_schedule_runs_from_base_rate_to_zero():
 
 @pytest.mark.parametrize("variant", ["dskd", "sd_only"])
 def test_bn_recalibration_gives_exact_statistics_of_final_weights(variant):
-    from dskd.run.training import recalibrate_batchnorm
+    from dskd.run.trainer import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = dskd.build_model(variant=variant, pretrained=False)

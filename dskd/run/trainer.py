@@ -1,0 +1,231 @@
+"""One model's training, resumable after any epoch: its optimizers, epochs and the statistics fitted after it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import write_json, write_text
+from ..data import AnomalyDataset, get_dataset, load_dataset
+from ..errors import DskdError
+from ..model.network import DSKD
+from .batch_maps import preload, to_input, valid_tensor
+from .config import OptimConfig, RunConfig
+from .deciding import decide_on_held_out
+from .folder import (
+    CHECKPOINT_SCHEMA,
+    RunDir,
+    autocast,
+    files_fingerprint,
+    is_teacher_key,
+    load_run,
+    load_students,
+    provenance,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .map_stats import fit_map_statistics
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
+    # One fused kernel per step instead of a loop over tensors: it saved about 8% of a 64 px CPU step in one A/B
+    # here; at 256 px the optimizer is under 1% of a step (results/benchmarks/speed.md).
+    params = list(params)
+    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **fused)
+    return torch.optim.Adam(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, **fused)
+
+
+def set_cosine_lr(optims: dict[str, torch.optim.Optimizer], recipes: dict[str, OptimConfig], progress: float) -> None:
+    """Half a cosine from each recipe's rate to 0 over the run; a function of the step alone, so resuming needs no
+    state."""
+    factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    for name, opt in optims.items():
+        for group in opt.param_groups:
+            group["lr"] = recipes[name].lr * factor
+
+
+def student_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable part of the model; the frozen teacher is rebuilt from its own weights on load."""
+    return {k: v for k, v in model.state_dict().items() if not is_teacher_key(k)}
+
+
+def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+@dataclass
+class _Training:
+    """What changes while a run trains."""
+
+    model: DSKD
+    recipes: dict[str, OptimConfig]
+    optims: dict[str, torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 1
+
+    def checkpoint(self, cfg: RunConfig, epoch: int, **extra: Any) -> dict[str, Any]:
+        """What `--resume` needs while training; a finished run (`extra`: its map statistics) keeps its weights and
+        what evaluation needs, not the optimizers' state."""
+        return {"schema": CHECKPOINT_SCHEMA, "epoch": epoch, "model": student_state(self.model), "log": self.rows,
+                "config": cfg.to_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optims.items()} if not extra else {}, **extra}
+
+
+def _start(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool) -> _Training:
+    torch.manual_seed(cfg.seed)
+    model = DSKD(cfg.model, pretrained=True).to(device)
+    recipes = {name: cfg.se_optim if name.startswith("se") else cfg.sd_optim for name in model.students}
+    optims = {name: make_optimizer(model.student_parameters(name), recipe) for name, recipe in recipes.items()}
+    state = _Training(model, recipes, optims, torch.amp.GradScaler(device.type, enabled=cfg.precision == "float16"))
+    if resume and run.checkpoint.is_file():
+        ckpt = read_checkpoint(run.checkpoint, device)
+        load_students(model, ckpt["model"])
+        saved = ckpt.get("optimizers")
+        if not isinstance(saved, dict) or set(saved) != set(optims):
+            raise DskdError(f"{run.checkpoint} holds no optimizer state for {', '.join(optims)}; it cannot be resumed: "
+                            "train the run again (without --resume)")
+        for name, opt_state in saved.items():
+            optims[name].load_state_dict(opt_state)
+        state.start_epoch, state.rows = ckpt["epoch"] + 1, ckpt["log"]
+        log.info("resuming %s after epoch %d", run.path, ckpt["epoch"])
+    return state
+
+
+@dataclass
+class TrainingData:
+    """A run's training images, decoded (N x 3 x S x S uint8), and, where they were computed once for several
+    runs (cross-fitting), the frozen teacher's pyramid of each (per scale, N x C x h x w)."""
+
+    dataset: AnomalyDataset
+    images: torch.Tensor
+    teacher: list[torch.Tensor] | None = None
+
+
+def train_model(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quiet: bool,
+                data: TrainingData | None = None) -> RunDir:
+    """Train one model into `run` (its training split read here unless `data` is given), fit its maps'
+    statistics, and set its decision on its held-out images."""
+    if data is None:
+        train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", cfg.image_size,
+                                 split_file=cfg.split_file, fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed)
+        data = TrainingData(train_set, preload(train_set, desc="loading training images", quiet=quiet)[0])
+    train_set, images = data.dataset, data.images
+    if len(images) < 2:
+        raise DskdError(f"{train_set.where}: {len(images)} training image(s); a training step needs at least 2 "
+                        "(the students' BatchNorm), and a useful model many more")
+    if cfg.size_from == "dataset":
+        log.info("image size %d px, %d epochs: %s's own under the %s profile (%s); --image-size and --epochs change "
+                 "them", cfg.image_size, cfg.epochs, cfg.dataset, cfg.profile, get_dataset(cfg.dataset).quick[2])
+    info = provenance(cfg, device, files_fingerprint([s.path for s in train_set.samples], Path(cfg.data_root)),
+                      len(train_set))
+    state = _start(cfg, run, device, resume)
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_json(run.info_file, info)
+    epochs = tqdm(range(state.start_epoch, cfg.epochs + 1), desc=f"train {cfg.model.variant}{_fold_words(cfg)}",
+                  disable=quiet, initial=state.start_epoch - 1, total=cfg.epochs, unit="epoch")
+    for epoch in epochs:
+        state.rows.append(_epoch(cfg, state, data, device, epoch, quiet))
+        epochs.set_postfix(loss=f"{state.rows[-1]['loss_total']:.4f}", img_s=f"{state.rows[-1]['images_per_s']:.1f}")
+        save_checkpoint(run.checkpoint, state.checkpoint(cfg, epoch))
+        write_log(run.path / "train_log.csv", state.rows)
+
+    if cfg.recalibrate_bn:
+        recalibrate_batchnorm(state.model, images, device, cfg.batch_size, cfg.precision)
+    stats = fit_map_statistics(state.model, images, device, cfg.batch_size * 2, valid_tensor(train_set),
+                               precision=cfg.precision)
+    save_checkpoint(run.checkpoint, state.checkpoint(cfg, cfg.epochs, **stats))
+    info.update(completed=True, train_minutes=round(sum(r["seconds"] for r in state.rows) / 60, 3),
+                image_threshold=stats["image_threshold"])
+    write_json(run.info_file, info)
+    decide_on_held_out(load_run(run, device.type), quiet=quiet)
+    return run
+
+
+def _epoch(cfg: RunConfig, state: _Training, data: TrainingData, device: torch.device, epoch: int,
+           quiet: bool) -> dict[str, Any]:
+    """One pass over the training images in a seeded order; the log row of the epoch."""
+    model, bs, images, n = state.model, cfg.batch_size, data.images, len(data.images)
+    model.train()
+    t0 = time.perf_counter()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    batches = [order[i: i + bs] for i in range(0, n, bs) if len(order[i: i + bs]) > 1]  # BN needs 2+
+    sums = {name: torch.zeros((), device=device) for name in (*model.students, "total")}
+    steps = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=quiet, unit="step")
+    for i, idx in enumerate(steps):
+        if cfg.lr_schedule == "cosine":
+            set_cosine_lr(state.optims, state.recipes, ((epoch - 1) * len(batches) + i) / (cfg.epochs * len(batches)))
+        with autocast(device, cfg.precision):
+            teacher = None if data.teacher is None else [t[idx].to(device) for t in data.teacher]
+            losses = model.loss(to_input(images[idx], device), teacher)
+        _step(state, losses["total"])
+        for k, v in losses.items():
+            sums[k] += v.detach().float()
+        if not quiet and i % 10 == 9:
+            steps.set_postfix(loss=f"{sums['total'].item() / (i + 1):.4f}",
+                              img_s=f"{(i + 1) * bs / (time.perf_counter() - t0):.1f}")
+    mean = {k: v.item() / max(1, len(batches)) for k, v in sums.items()}
+    if not all(np.isfinite(list(mean.values()))):
+        last = f"epoch {epoch - 1}" if epoch > 1 else "no epoch"
+        raise DskdError(f"loss became non-finite in epoch {epoch} ({mean}); the checkpoint keeps {last}; "
+                        "lower the learning rate (--lr) and resume or restart")
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch, **{f"loss_{k}": round(v, 6) for k, v in mean.items()}, "seconds": round(seconds, 3),
+            "images_per_s": round(sum(map(len, batches)) / seconds, 2)}
+
+
+def _step(state: _Training, loss: torch.Tensor) -> None:
+    for opt in state.optims.values():
+        opt.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    for opt in state.optims.values():
+        state.scaler.step(opt)
+    state.scaler.update()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int,
+                          precision: str = "float32") -> None:
+    """Replace the students' BatchNorm running statistics by averages over `images` under the final weights.
+
+    One pass without gradients, every student norm in training mode (as SWA's update_bn), in batches of
+    `batch_size` as in training. Re-estimating Se's norms first and then Sd's gave the same maps, for twice the time.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad]
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    for i in range(0, len(images), batch_size):
+        x = to_input(images[i: i + batch_size], device)
+        if len(x) > 1:
+            with autocast(device, precision):
+                model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def _fold_words(cfg: RunConfig) -> str:
+    return "" if cfg.fold is None else f", fold {cfg.fold + 1} of {cfg.folds}"
