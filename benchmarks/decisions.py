@@ -2,17 +2,20 @@
 
     python -m benchmarks.decisions --data-root ../shared/data
 
-Per dataset, configuration and seed (the `quick` profile's runs, cached under results/quick/runs/ and trained where
-missing): the calibration images, the promised false-alarm rate (mean and 95 % bound), the measured false alarms
+Per dataset, configuration, number of folds and seed (the `quick` profile's runs, cached under results/quick/runs/
+and trained where missing; `--folds 1`: the held-out split, K >= 2: cross-fitting): the calibration images, the
+promised false-alarm rate (mean and 95 % bound), the measured false alarms
 and recall with Clopper–Pearson 95 % intervals, whether the measurement is consistent with the bound, the shift
 test, and the recall the ranking allows at the same false-alarm rate (the ROC's true-positive rate at the measured
-false-alarm rate: the oracle threshold for that rate), which separates ranking from calibration. Writes
-results/benchmarks/decisions.csv and .md.
+false-alarm rate: the oracle threshold for that rate), which separates ranking from calibration; the threshold-free
+metrics and training minutes of each run; and per configuration, at seed 0, the images per second of its maps
+through PyTorch and through OpenVINO (FP32, batches of 16). Writes results/benchmarks/decisions.csv and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,8 +24,14 @@ import pandas as pd
 from benchmarks.common import REPO
 from dskd import suite
 from dskd.atomic import atomic_write, write_text
-from dskd.repro.tables import DECISION_MEANING, decision_row
+from dskd.data import load_dataset
+from dskd.deploy.export import export
+from dskd.deploy.predictors import openvino_predictor, torch_predictor
+from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row
 from dskd.run import archive
+from dskd.run.batch_maps import preload
+from dskd.run.folder import open_run
+from dskd.run.methods import get_method
 from dskd.run.metrics import roc_curve
 
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
@@ -42,8 +51,54 @@ def decision_rows(runs: pd.DataFrame) -> pd.DataFrame:
         shown = decision_row(r)
         shown["oracle recall at that false-alarm rate"] = f"{100 * oracle_recall(r['run'], r['false_alarm_rate']):.1f}"
         rows.append({"dataset": r["dataset"], "category": r["category"], "config": r["method"], "seed": r["seed"],
-                     **shown})
+                     **shown, **{name: _pct(r.get(key)) for key, name in THRESHOLD_FREE.items()},
+                     "training minutes": _minutes(r.get("train_minutes"))})
     return pd.DataFrame(rows).set_index(["dataset", "category", "config", "seed"])
+
+
+THRESHOLD_FREE = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
+
+
+def _pct(v: object) -> str:
+    return ABSENT if v is None or pd.isna(v) else f"{100 * float(v):.1f}"
+
+
+def _minutes(v: object) -> str:
+    return ABSENT if v is None or pd.isna(v) else f"{float(v):.1f}"
+
+
+def methods(configs: list[str], folds: list[int]) -> dict[str, dict]:
+    """Each configuration at each number of folds, named as the tables show it."""
+    return {c if k == 1 else f"{c}, {k} folds": {**get_method(c).overrides, "folds": k} for c in configs for k in folds}
+
+
+def throughput(run: str | Path, images: int = 64, batch: int = 16) -> dict[str, float]:
+    """Images per second of a run's maps over its first `images` test images: PyTorch (BatchNorm folded, the path of
+    `predict --run`) and OpenVINO FP32 (an export of the run), after one warm-up batch each."""
+    cfg = open_run(run).config
+    test = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "test", cfg.image_size, split_file=cfg.split_file,
+                        fit_mode=cfg.fit_mode)
+    x = preload(test, quiet=True)[0][:images].numpy()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {"torch": lambda: torch_predictor(Path(run), "cpu"),
+                   "openvino": lambda: openvino_predictor(export(run, "openvino", Path(tmp) / "m.xml"))}
+        for engine, opened in engines.items():
+            p = opened()
+            p.infer(x[:batch], None)
+            t0 = time.perf_counter()
+            for i in range(0, len(x), batch):
+                p.infer(x[i: i + batch], None)
+            out[f"images/s, {engine}"] = round(len(x) / (time.perf_counter() - t0), 1)
+    return out
+
+
+def speed_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    first = runs.sort_values("seed").groupby(["dataset", "method"], sort=False).head(1)
+    rows = {(r["dataset"], r["method"]): throughput(r["run"]) for _, r in first.iterrows()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.names = ["dataset", "config"]
+    return table
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -55,6 +110,8 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
         out[(dataset, method)] = {
             "seeds": len(sub), "recall, min to max": f"{recall.min():.1f} to {recall.max():.1f}",
             "image AUROC, min to max": f"{100 * sub['image_auroc'].min():.1f} to {100 * sub['image_auroc'].max():.1f}",
+            "image AUROC, mean": f"{100 * sub['image_auroc'].mean():.1f}",
+            "false alarms, mean": f"{100 * pd.to_numeric(sub['false_alarm_rate']).mean():.1f}",
             "consistent with the bound": f"{int(sub['consistent_with_bound'].fillna(False).sum())} of {len(sub)}",
             "shift test fired": f"{int(sub['shifted'].fillna(False).sum())} of {len(sub)}"}
     table = pd.DataFrame.from_dict(out, orient="index")
@@ -68,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", default=["dskd"])
+    p.add_argument("--folds", type=int, nargs="+", default=[1, 3], help="1: the held-out split; K: cross-fitting")
     p.add_argument("--profile", default="quick")
     p.add_argument("--out", default=str(REPO / "results"), help="tables go to <out>/benchmarks/")
     p.add_argument("--name", default="decisions")
@@ -84,19 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         if exp.skipped:
             print(f"skipped {dataset}: {exp.skipped}")
             continue
-        frames.append(suite.run_grid(exp, args.configs, quiet=False).assign(dataset=dataset))
+        frames.append(suite.run_grid(exp, methods(args.configs, args.folds), quiet=False).assign(dataset=dataset))
         described.append(f"- {dataset}: {exp.describe()}")
     if not frames:
         raise SystemExit("error: none of the datasets was found under --data-root")
     runs = pd.concat(frames, ignore_index=True)
-    table, over_seeds = decision_rows(runs), summary(runs)
+    table, over_seeds, speed = decision_rows(runs), summary(runs), speed_rows(runs)
     target = Path(args.out) / "benchmarks"
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.to_csv(tmp))
     lines = [f"# {args.name}: the deployed thresholds on the test splits", "",
-             "Measured by `python -m benchmarks.decisions` on this 2-core CPU, one row per run; thresholds set on "
-             "held-out good images (`--folds 1`: 10 % of the good training images, at least 8), never on test labels.",
+             "Measured by `python -m benchmarks.decisions` on this 2-core CPU, one row per run, each trained alone on "
+             "it; thresholds set on good images, never on test labels: `--folds 1` on 10 % of the good training images "
+             "held out (at least 8), `K folds` on every good training image, each scored by the student set that "
+             "never trained on it (cross-conformal, docs/deploy.md). FP32.",
              "", *described, "", *([args.note, ""] if args.note else []), DECISION_MEANING, "",
              suite.markdown(table), "", "Over seeds:", "", suite.markdown(over_seeds), "",
+             "Images per second of the maps at seed 0 (batches of 16, after a warm-up batch; both engines on this "
+             "CPU; compare within this table only):", "", suite.markdown(speed), "",
              f"Benchmark wall time: {(time.perf_counter() - t0) / 60:.1f} min (cached runs take no training time)."]
     write_text(target / f"{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -177,10 +177,14 @@ def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, 
     from benchmarks import decisions
 
     assert decisions.main(["--data-root", str(data_root), "--profile", "test", "--datasets", "mvtec_ad",
-                           "--seeds", "0", "--out", str(tmp_path)]) == 0
+                           "--seeds", "0", "--folds", "1", "2", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "benchmarks" / "decisions.csv")
-    assert len(table) == 1 and {"promised", "false alarms", "consistent", "shift p"} <= set(table.columns)
-    row = table.iloc[0]
-    deployed = float(row["recall"].split(": ")[1].split(" ")[0])
-    assert float(row["oracle recall at that false-alarm rate"]) >= deployed
-    assert "Clopper–Pearson" in (tmp_path / "benchmarks" / "decisions.md").read_text()
+    assert list(table["config"]) == ["dskd", "dskd, 2 folds"]
+    assert {"promised", "false alarms", "consistent", "shift p", "image AUROC"} <= set(table.columns)
+    for _, row in table.iterrows():
+        deployed = float(row["recall"].split(": ")[1].split(" ")[0])
+        assert float(row["oracle recall at that false-alarm rate"]) >= deployed
+    single, crossed = table["calibration images"]
+    assert crossed > single  # every good training image calibrates the cross-fitted run
+    text = (tmp_path / "benchmarks" / "decisions.md").read_text()
+    assert "Clopper–Pearson" in text and "images/s, openvino" in text
