@@ -45,7 +45,7 @@ def score_export(xml: Path, run_dir: Path) -> dict[str, float]:
     maps, scores = [], []
     t0 = time.perf_counter()
     for i in range(0, len(images), 16):
-        m, s = predictor.infer(images[i: i + 16].numpy(), None if valid is None else valid[i: i + 16].numpy())
+        m, s, _ = predictor.infer(images[i: i + 16].numpy(), None if valid is None else valid[i: i + 16].numpy())
         maps.append(m)
         scores.append(s)
     seconds = time.perf_counter() - t0

@@ -152,7 +152,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     d = result["decision"]
     for key, label in shown.items():
         if key == "false_alarm_rate":
-            print(f"at the deployed threshold {d['threshold']:.4f} ({d['rule']}, set on {d['source']}):")
+            print(f"at the deployed decision, {result['decides_by']} ({d['rule']}, set on {d['source']}):")
             if result["bound_false_alarm"] is not None:
                 print(f"{'promised false alarms':>40}: {result['expected_false_alarm']:.4f} on average, at most "
                       f"{result['bound_false_alarm']:.4f} with {d['confidence']:.0%} confidence")
@@ -187,7 +187,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     d = calibrate(args.inputs, run=args.run, model=args.model, engine=args.engine, device=args.device,
                   max_false_alarm=args.max_false_alarm, quiet=args.quiet)
-    print(f"threshold {d.threshold:.6g} on {d.source}: it {d.promise()}")
+    print(f"{d.decides_by()} on {d.source}: it {d.promise()}")
     if d.note:
         print(f"note: {d.note}")
 

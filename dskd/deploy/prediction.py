@@ -116,8 +116,8 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
     if out.exists() and not out.is_dir():
         raise DskdError(f"{out} is a file, not a folder; choose another --out")
     named = collect_images(inputs)
-    log.info("predicting %d image(s) with %s (threshold %.4g, %s; outline at %.4g)", len(named), predictor.source,
-             predictor.threshold, predictor.decision.rule, predictor.pixel_threshold)
+    log.info("predicting %d image(s) with %s (%s, %s; outline at %.4g)", len(named), predictor.source,
+             predictor.decision.decides_by(), predictor.decision.rule, predictor.pixel_threshold)
     table = _ScoresFile(out / "scores.csv")
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def _qualitative_row(fig, axes, saved: SavedMaps, i: int, why: str) -> None:
     for ax in axes:
         _blank(ax)
     axes[0].imshow(img)
-    verdict = "flagged" if saved.scores[i] >= saved.threshold else "passed"
+    verdict = "flagged" if saved.verdicts()[i] else "passed"
     axes[0].set_ylabel(f"{why}\n{Path(saved.paths[i]).name}\nscore {saved.scores[i]:.2f} ({verdict})", fontsize=7)
     if saved.masks is None:
         _blank(axes[1], "no mask")
@@ -102,8 +102,8 @@ def qualitative_figure(runs: pd.DataFrame, n_samples: int = 4, title: str = ""):
         ax.set_title(name, fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    threshold = "" if not np.isfinite(saved.threshold) else f"; flagged: score >= the run's threshold " \
-        f"{saved.threshold:.2f}"
+    threshold = "; flagged: by the run's deployed decision" if saved.flagged is not None else "" if not \
+        np.isfinite(saved.threshold) else f"; flagged: score >= the run's threshold {saved.threshold:.2f}"
     fig.supxlabel(PICK_RULE + threshold, fontsize=8)
     return fig
 

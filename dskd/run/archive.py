@@ -41,10 +41,15 @@ class SavedMaps:
     fusion: dict[str, Any]  # the run's FUSION_FIELDS
     valid: np.ndarray | None = None  # N x S x S bool, False on padding; None when nothing is padded
     pixel_threshold: float | None = None  # the deployed outline's threshold; None: not recorded
+    flagged: np.ndarray | None = None  # N bool: the deployed decision; None (older archives): score >= threshold
 
     @property
     def students(self) -> list[str]:
         return list(self.per_scale)
+
+    def verdicts(self) -> np.ndarray:
+        """Which test images the run's deployed decision flags (a cross-fitted run's is not a score threshold)."""
+        return self.scores >= self.threshold if self.flagged is None else self.flagged.astype(bool)
 
     @staticmethod
     def fusion_of(model: ModelConfig) -> dict[str, Any]:
@@ -112,6 +117,6 @@ def load(path: Path | str) -> SavedMaps:
         paths=[str(p) for p in a["paths"]], defect_types=[str(t) for t in a["defect_types"]],
         threshold=float(a["threshold"]), per_student={n: a[f"student_{n}"] for n in students},
         per_scale={n: [a[f"scale{j}_{n}"] for j in range(N_SCALES)] for n in students},
-        norm=a["norm"], fusion=json.loads(str(a["fusion"])), valid=a.get("valid"),
+        norm=a["norm"], fusion=json.loads(str(a["fusion"])), valid=a.get("valid"), flagged=a.get("flagged"),
         pixel_threshold=None if np.isnan(a["pixel_threshold"]) else float(a["pixel_threshold"]),
     )

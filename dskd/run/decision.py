@@ -38,7 +38,7 @@ RULES = {
                        "target false-alarm rate (cross-conformal p-values, docs/deploy.md)",
 }
 FALSE_ALARM_RULES = ("val_false_alarm", "line_false_alarm", "cross_conformal")  # the rules that promise a rate
-SCHEMA = 2  # decision.json's layout: 2 added the bound, the calibration scores and the history
+SCHEMA = 3  # decision.json's layout: 2 added the bound, the calibration scores and the history; 3 the fold scores
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,13 @@ class Decision:
         """This decision with `old` (and its history) kept in the record."""
         kept = {k: v for k, v in old.to_dict().items() if k not in ("previous", "calibration_scores", "fold_scores")}
         return replace(self, previous=[kept, *old.previous])
+
+    def decides_by(self) -> str:
+        """How it decides, in words: its threshold, or the p-value a cross-fitted model's images must not exceed."""
+        if not self.fold_scores:
+            return f"score >= {self.threshold:.4g}"
+        m = rank_of(self.n_images, self.target_false_alarm)
+        return f"cross-conformal p-value <= {m}/{self.n_images + 1} over {len(self.fold_scores)} folds"
 
     def flags(self, scores: np.ndarray, member_scores: np.ndarray | None = None) -> np.ndarray:
         """Which images it calls defective: score >= threshold; under the cross-conformal rule, those whose

@@ -60,7 +60,8 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             maps=maps.astype(np.float16), paths=[str(p.path) for p in test_set.samples],
             defect_types=list(test_set.defect_types), threshold=decision.threshold,
             pixel_threshold=decision.pixel_threshold, per_student=per_student, per_scale=per_scale,
-            norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np))
+            norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np,
+            flagged=decision.flags(scores, members)))
     return result
 
 
@@ -87,7 +88,8 @@ def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, members
             "decision_threshold": decision.threshold, "decision_rule": decision.rule,
             "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
             "expected_false_alarm": decision.expected_false_alarm, "bound_false_alarm": decision.bound_false_alarm,
-            "decision": {k: v for k, v in decision.to_dict().items() if k != "calibration_scores"},
+            "decision": {k: v for k, v in decision.to_dict().items() if k not in ("calibration_scores", "fold_scores")},
+            "decides_by": decision.decides_by(),
             "score_summary": score_summary(labels, scores, flagged), "shift": shift,
             "shifted": None if shift is None else shift["shifted"],
             "shift_p_value": None if shift is None else shift["p_value"]}

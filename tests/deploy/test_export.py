@@ -66,7 +66,7 @@ def test_exported_maps_equal_pytorch_through_both_runtimes(backbone, variant, tm
     for predictor in (onnxruntime_predictor(path), openvino_predictor(path)):
         assert predictor.threshold == 1.5 or predictor.source.endswith(".onnx")
         for sl in (slice(0, 1), slice(0, len(x))):  # batch 1, and the dynamic batch
-            maps, scores = predictor.infer(x[sl], None)
+            maps, scores, _ = predictor.infer(x[sl], None)
             _close(maps, want.map[sl, 0].numpy(), f"{predictor.source} maps")
             _close(scores, want.score[sl].numpy(), f"{predictor.source} scores")
 
@@ -86,7 +86,7 @@ def test_pad_mode_and_a_fixed_batch_agree_in_every_engine(tmp_path):
     assert (ov.fit_mode, ov.threshold, ov.image_size) == ("pad", 0.5, SIZE)  # metadata travels in the IR
     for predictor in (onnxruntime_predictor(onnx_path), ov):
         for i in range(len(x)):
-            maps, scores = predictor.infer(x[i: i + 1], valid[i: i + 1])
+            maps, scores, _ = predictor.infer(x[i: i + 1], valid[i: i + 1])
             _close(maps, want.map[i: i + 1, 0].numpy(), predictor.source)
             _close(scores, want.score[i: i + 1].numpy(), predictor.source)
 
@@ -170,8 +170,8 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
     images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((run.config.image_size,) * 2))
                        for p in sorted((data_root / "synthetic" / "grid" / "test").rglob("*.png"))
                        if "ground_truth" not in p.parts][:8]).transpose(0, 3, 1, 2)
-    want_maps, want_scores = openvino_predictor(fp32).infer(images, None)
-    got_maps, got_scores = openvino_predictor(int8).infer(images, None)
+    want_maps, want_scores, _ = openvino_predictor(fp32).infer(images, None)
+    got_maps, got_scores, _ = openvino_predictor(int8).infer(images, None)
     assert not np.allclose(got_maps, want_maps)  # quantized for real
     # close, not equal: a 2-epoch toy run calibrated on 8 images (real data: results/benchmarks/int8.md)
     assert np.corrcoef(got_maps.ravel(), want_maps.ravel())[0, 1] > 0.9

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dskd.data import fold_of, load_dataset
+from dskd.deploy.calibration import calibrate
 from dskd.deploy.export import export
 from dskd.deploy.predictors import onnxruntime_predictor, openvino_predictor, torch_predictor
 from dskd.model.ensemble import FoldEnsemble
@@ -70,6 +71,12 @@ def test_every_good_image_is_scored_by_a_set_that_never_trained_on_it(data_root,
         got = read(path)
         _, s, m = got.infer(test.numpy(), None)
         assert m == pytest.approx(members, abs=1e-4) and (got.decision.flags(s, m) == flags).all()
+        # On the line: a plain threshold on the averaged score, set on good images no set trained on.
+        line = calibrate([data / "grid" / "test" / "good"], model=path)
+        assert line.rule == "line_false_alarm" and not line.fold_scores
+        assert line.previous[0]["rule"] == "cross_conformal"
+        _, s, m = read(path).infer(test.numpy(), None)
+        assert (read(path).decision.flags(s, m) == (s >= line.threshold)).all()
 
 
 def test_an_ensemble_holds_one_teacher_and_k_student_sets():
