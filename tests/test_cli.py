@@ -52,7 +52,7 @@ def test_cli_train_evaluate_predict_end_to_end(data_root, tmp_path):
     r = _cli("predict", "--run", run, images, "--out", tmp_path / "pred", "--device", "cpu", cwd=REPO)
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "pred" / "scores.csv").read_text().splitlines()
-    assert rows[0] == "path,score,decision,threshold,overlay,error" and len(rows) == 1 + 6
+    assert rows[0] == "path,score,decision,threshold,p_value,overlay,error" and len(rows) == 1 + 6
     assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == 6
 
 

@@ -135,3 +135,33 @@ def test_the_shift_test_across_folds_holds_its_level_and_sees_a_shift():
         return rank_sum_p_value(*[(rng.normal(size=40), new + noise[j]) for j in range(3)])
     assert np.mean([p(0.0) < 0.01 for _ in range(500)]) <= 0.015
     assert np.mean([p(1.0) < 0.01 for _ in range(100)]) > 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_cross_fitted_run_resumes_set_by_set(data_root, tmp_path, monkeypatch):
+    """Stopped in set 1's second epoch, a cross-fitted run continues there: set 0 is not trained again, and the
+    result equals an uninterrupted run's."""
+    import dskd.run.trainer as engine
+
+    cfg = profile_config("test", data_root=str(data_root), category="grid", folds=2, epochs=2)
+    whole = fit(cfg, tmp_path / "whole", quiet=True)
+    real = engine.write_log
+
+    def stop_in_set_1(path, rows):
+        real(path, rows)
+        if path.parent.name == "1" and len(rows) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "write_log", stop_in_set_1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "parts", quiet=True)
+    monkeypatch.setattr(engine, "write_log", real)
+    set_0 = (tmp_path / "parts" / "folds" / "0" / "train_log.csv").stat().st_mtime_ns
+    parts = fit(cfg, tmp_path / "parts", quiet=True)
+    assert (parts.member(0).path / "train_log.csv").stat().st_mtime_ns == set_0
+    a = torch.load(whole.checkpoint, weights_only=False)["model"]
+    b = torch.load(parts.checkpoint, weights_only=False)["model"]
+    assert a.keys() == b.keys() and any(k.startswith("members.1.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)

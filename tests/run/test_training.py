@@ -22,7 +22,7 @@ def test_resume_gives_the_same_weights(data_root, tmp_path, monkeypatch):
     cfg = _cfg(data_root, epochs=2, variant="dskd", lr_schedule="cosine")
     whole = fit(cfg, tmp_path / "whole", quiet=True)
 
-    import dskd.run.training as engine
+    import dskd.run.trainer as engine
     real = engine.write_log
 
     def interrupt_after_first_epoch(path, rows):
