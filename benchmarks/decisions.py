@@ -15,6 +15,7 @@ through PyTorch and through OpenVINO (FP32, batches of 16). Writes results/bench
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +28,12 @@ from dskd.atomic import atomic_write, write_text
 from dskd.data import load_dataset
 from dskd.deploy.export import export
 from dskd.deploy.predictors import openvino_predictor, torch_predictor
+from dskd.repro.experiments import grid_configs
 from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row
+from dskd.repro.task import run_folder
 from dskd.run import archive
 from dskd.run.batch_maps import preload
-from dskd.run.folder import open_run
+from dskd.run.folder import RunDir, open_run
 from dskd.run.methods import get_method
 from dskd.run.metrics import roc_curve
 
@@ -70,6 +73,18 @@ def _minutes(v: object) -> str:
 def methods(configs: list[str], folds: list[int]) -> dict[str, dict]:
     """Each configuration at each number of folds, named as the tables show it."""
     return {c if k == 1 else f"{c}, {k} folds": {**get_method(c).overrides, "folds": k} for c in configs for k in folds}
+
+
+def grid(exp: suite.Experiment, configs: dict[str, dict], only_trained: bool) -> pd.DataFrame:
+    """The experiment's runs of every configuration; with `only_trained`, only the seeds already trained (none is
+    trained here), so that a table can be written while the rest of a grid is still to train."""
+    frames = []
+    for name, overrides in configs.items():
+        seeds = [seed for _, _, seed, cfg in grid_configs(exp, {name: overrides})
+                 if not only_trained or RunDir(run_folder(cfg, exp.runs_root), cfg).completed]
+        if seeds:
+            frames.append(suite.run_grid(dataclasses.replace(exp, seeds=seeds), {name: overrides}, quiet=False))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def throughput(run: str | Path, images: int = 64, batch: int = 16) -> dict[str, float]:
@@ -126,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", default=["dskd"])
     p.add_argument("--folds", type=int, nargs="+", default=[1, 3], help="1: the held-out split; K: cross-fitting")
+    p.add_argument("--only-trained", action="store_true", help="tabulate the runs already trained; train none")
     p.add_argument("--profile", default="quick")
     p.add_argument("--out", default=str(REPO / "results"), help="tables go to <out>/benchmarks/")
     p.add_argument("--name", default="decisions")
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if exp.skipped:
             print(f"skipped {dataset}: {exp.skipped}")
             continue
-        frames.append(suite.run_grid(exp, methods(args.configs, args.folds), quiet=False).assign(dataset=dataset))
+        frames.append(grid(exp, methods(args.configs, args.folds), args.only_trained).assign(dataset=dataset))
         described.append(f"- {dataset}: {exp.describe()}")
     if not frames:
         raise SystemExit("error: none of the datasets was found under --data-root")
