@@ -85,6 +85,10 @@ class Decision:
             raise DskdError(f"{where}: {exc}; {remedy}") from None
         if decision.schema > SCHEMA:
             raise DskdError(f"{where} was written by a newer dskd (decision schema {decision.schema}); update dskd")
+        if (decision.rule == "cross_conformal") != bool(decision.fold_scores) or \
+                sum(map(len, decision.fold_scores)) not in (0, decision.n_images):
+            raise DskdError(f"{where}: its fold scores do not fit its rule '{decision.rule}' and its "
+                            f"{decision.n_images} images; {remedy}")
         if decision.rule in FALSE_ALARM_RULES and decision.bound_false_alarm is None and decision.n_images > 0 \
                 and decision.target_false_alarm is not None:
             m = rank_of(decision.n_images, decision.target_false_alarm)
@@ -132,8 +136,7 @@ class Decision:
     def exceedances(self, member_scores: np.ndarray | None) -> np.ndarray:
         """Per image (N x K scores, one per student set), how many out-of-fold calibration scores of each set lie
         at or above that set's score of the image, summed over the sets."""
-        k = len(self.fold_scores)
-        s = None if member_scores is None else np.asarray(member_scores, np.float64)
+        k, s = len(self.fold_scores), None if member_scores is None else np.asarray(member_scores, np.float64)
         if s is None or s.ndim != 2 or s.shape[1] != k:
             raise DskdError(f"a cross-fitted decision needs each of its {k} student sets' scores, got "
                             f"{None if s is None else s.shape}; score with the cross-fitted model it was set for")
@@ -158,8 +161,9 @@ def false_alarm_threshold(scores: np.ndarray, rate: float) -> tuple[float, float
 
 def from_good_images(scores: np.ndarray, maps: np.ndarray, rate: float, source: str,
                      rule: str = "val_false_alarm", announce: bool = True) -> Decision:
-    """Image and pixel thresholds at `rate` on good images the model never trained on; `announce`: the log says
-    what it promises (and warns of its notes), else says it at debug level only."""
+    """Image and pixel thresholds at `rate` on good images the model never trained on; the log says what they
+    promise (and warns of their notes) unless `announce` is False (a cross-fitting set's own decision, which its
+    run's replaces)."""
     scores = np.asarray(scores, np.float32).ravel()
     if scores.size == 0:
         raise DskdError(f"no good images to set a threshold on ({source})")
