@@ -29,7 +29,7 @@ from dskd.data import load_dataset
 from dskd.deploy.export import export
 from dskd.deploy.predictors import openvino_predictor, torch_predictor
 from dskd.repro.experiments import grid_configs
-from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row
+from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row, percent, present
 from dskd.repro.task import run_folder
 from dskd.run import archive
 from dskd.run.batch_maps import preload
@@ -54,20 +54,12 @@ def decision_rows(runs: pd.DataFrame) -> pd.DataFrame:
         shown = decision_row(r)
         shown["oracle recall at that false-alarm rate"] = f"{100 * oracle_recall(r['run'], r['false_alarm_rate']):.1f}"
         rows.append({"dataset": r["dataset"], "category": r["category"], "config": r["method"], "seed": r["seed"],
-                     **shown, **{name: _pct(r.get(key)) for key, name in THRESHOLD_FREE.items()},
-                     "training minutes": _minutes(r.get("train_minutes"))})
+                     **shown, **{name: percent(r.get(key)) for key, name in THRESHOLD_FREE.items()},
+                     "training minutes": f"{r['train_minutes']:.1f}" if present(r.get("train_minutes")) else ABSENT})
     return pd.DataFrame(rows).set_index(["dataset", "category", "config", "seed"])
 
 
 THRESHOLD_FREE = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
-
-
-def _pct(v: object) -> str:
-    return ABSENT if v is None or pd.isna(v) else f"{100 * float(v):.1f}"
-
-
-def _minutes(v: object) -> str:
-    return ABSENT if v is None or pd.isna(v) else f"{float(v):.1f}"
 
 
 def methods(configs: list[str], folds: list[int]) -> dict[str, dict]:

@@ -61,10 +61,10 @@ class FoldEnsemble(nn.Module):
         teacher = self.teacher(self.teacher.normalize(images))
         natives = [m.native_maps(images, teacher) for m in self.members]
         out: dict[str, list[torch.Tensor]] = {}
-        for i, name in enumerate(self.students):
-            normalized = [n[name] if m.map_norm() is None else
-                          normalize_scales(n[name], m.map_norm_stats[i], self.config.scale_fusion)
-                          for m, n in zip(self.members, natives, strict=True)]
+        norms = [m.map_norm() for m in self.members]
+        for name in self.students:
+            normalized = [n[name] if norm is None else normalize_scales(n[name], norm[name], self.config.scale_fusion)
+                          for norm, n in zip(norms, natives, strict=True)]
             out[name] = [torch.stack(level).mean(0) for level in zip(*normalized, strict=True)]
         for k, native in enumerate(natives):
             out.update({member_key(name, k): maps for name, maps in native.items()})

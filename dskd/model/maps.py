@@ -203,16 +203,11 @@ def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, i
         per_scale = {name: upsample_scales(maps, size) for name, maps in native.items()}
         return fuse(per_scale, scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=sigma, scales=scales,
                     score_topk=score_topk, norm=norm, valid=valid)
+    if norm is not None:
+        native = {name: normalize_scales(maps, norm[name], scale_fusion) if name in norm else maps
+                  for name, maps in native.items()}
     picked = list(range(len(next(iter(native.values()))))) if scales is None else list(scales)
-    summed = []
-    for j in picked:
-        total = 0
-        for name, maps in native.items():
-            m = maps[j]
-            if norm is not None and name in norm:
-                m = (m - norm[name][0, j].to(m)) / norm[name][1, j].to(m)
-            total = total + m
-        summed.append(total)
+    summed = [sum(maps[j] for maps in native.values()) for j in picked]
     amap = upsample_smooth_sum(summed, size, sigma)
     if scale_fusion == "mean":
         amap = amap / len(picked)

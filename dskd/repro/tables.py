@@ -102,34 +102,34 @@ DECISION_MEANING = (
 
 def _counted(k: object, n: object) -> str:
     """"k of n: rate [low, high]" in percent, or — where the split has none."""
-    if not _present(k) or not _present(n) or int(n) == 0:
+    if not present(k) or not present(n) or int(n) == 0:
         return ABSENT
     low, high = clopper_pearson(int(k), int(n))
     return f"{int(k)} of {int(n)}: {100 * int(k) / int(n):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def _present(v: object) -> bool:
+def present(v: object) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def _pct(v: object) -> str:
-    return f"{100 * float(v):.1f}" if _present(v) else ABSENT
+def percent(v: object) -> str:
+    return f"{100 * float(v):.1f}" if present(v) else ABSENT
 
 
 def decision_row(r: pd.Series) -> dict[str, str]:
     def get(key: str) -> object:
         return r[key] if key in r else None
 
-    promised = ABSENT if not _present(get("expected_false_alarm")) else \
-        f"{_pct(get('expected_false_alarm'))} (≤ {_pct(get('bound_false_alarm'))})"
+    promised = ABSENT if not present(get("expected_false_alarm")) else \
+        f"{percent(get('expected_false_alarm'))} (≤ {percent(get('bound_false_alarm'))})"
     consistent, shifted = get("consistent_with_bound"), get("shifted")
     return {"calibration images": str(int(get("decision_images"))), "promised": promised,
             "false alarms": _counted(get("good_flagged"), get("n_good")),
-            "consistent": ABSENT if not _present(consistent) else ("yes" if consistent else "no"),
-            "shift p": ABSENT if not _present(get("shift_p_value")) else
+            "consistent": ABSENT if not present(consistent) else ("yes" if consistent else "no"),
+            "shift p": ABSENT if not present(get("shift_p_value")) else
             f"{float(get('shift_p_value')):.2g}" + (" (shifted)" if shifted else ""),
             "recall": _counted(get("defective_flagged"), get("n_defective")),
-            "F1": _pct(get("f1_at_threshold")), "oracle F1-max": _pct(get("image_f1_max"))}
+            "F1": percent(get("f1_at_threshold")), "oracle F1-max": percent(get("image_f1_max"))}
 
 
 def _span(low: int, high: int) -> str:

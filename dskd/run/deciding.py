@@ -18,13 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, quiet: bool = True) -> Decision:
-    """Set the run's deployed decision (`decision.json`) as training does: on its validation split, else
-    (val_fraction 0) on the training images."""
+    """Set the run's deployed decision (`decision.json`) as training does: on its validation split, on its folds
+    (cross-fitted), else (val_fraction 0) on the training images."""
     cfg = loaded.run.config
     if cfg.ensemble:
-        decision = _on_folds(loaded.run)
-        write_json(loaded.run.decision_file, decision.to_dict())
-        return decision
+        return decide_on_folds(loaded.run)
     images, held_out = _good_images(cfg, data_root or cfg.data_root)
     scores, pixels = scored(loaded, images, quiet)
     if held_out:
@@ -43,16 +41,18 @@ def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, q
     return decision
 
 
-def _on_folds(run: RunDir) -> Decision:
-    """A cross-fitted run's decision: the cross-conformal rule on each set's scores of the fold it never trained on
-    (each set's own decision holds them); the outline is the mean of the sets' outlines."""
+def decide_on_folds(run: RunDir) -> Decision:
+    """Set a cross-fitted run's decision: the cross-conformal rule on each set's scores of the fold it never trained
+    on (each set's own decision holds them; no map is computed again); the outline is the mean of the sets'."""
     cfg = run.config
     sets = [Decision.from_dict(read_json(m.decision_file, "training the run again"), str(m.decision_file))
             for m in map(run.member, range(cfg.folds))]
-    return from_folds([d.calibration_scores for d in sets], sum(d.pixel_threshold for d in sets) / len(sets),
-                      cfg.max_false_alarm, f"{sum(d.n_images for d in sets)} good training images in {cfg.folds} "
-                      f"folds, each scored by the set that never trained on it ({cfg.dataset}/{cfg.category}, "
-                      f"seed {cfg.seed})")
+    decision = from_folds([d.calibration_scores for d in sets], sum(d.pixel_threshold for d in sets) / len(sets),
+                          cfg.max_false_alarm, f"{sum(d.n_images for d in sets)} good training images in "
+                          f"{cfg.folds} folds, each scored by the set that never trained on it "
+                          f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
+    write_json(run.decision_file, decision.to_dict())
+    return decision
 
 
 def _good_images(cfg: RunConfig, root: str | Path) -> tuple[AnomalyDataset, bool]:

@@ -47,7 +47,8 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     labels, valid_np = test_set.labels, None if valid is None else valid.numpy()
     masks_np = masks.numpy() if test_set.has_masks else None
     metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
-    result = {**metrics, **_decided(decision, labels, scores, members, test_set, loaded),
+    flagged = decision.flags(scores, members)
+    result = {**metrics, **_decided(decision, labels, scores, members, flagged, test_set, loaded),
               "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
               "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
               "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
@@ -61,7 +62,7 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             defect_types=list(test_set.defect_types), threshold=decision.threshold,
             pixel_threshold=decision.pixel_threshold, per_student=per_student, per_scale=per_scale,
             norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np,
-            flagged=decision.flags(scores, members)))
+            flagged=flagged))
     return result
 
 
@@ -78,12 +79,12 @@ def _decision(loaded: LoadedRun, threshold_from: str | Path | None, data_root: s
 
 
 def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, members: np.ndarray | None,
-             test_set: AnomalyDataset, loaded: LoadedRun) -> dict[str, Any]:
-    """The decision, what it promised, and the test split at it: counts, rates, intervals, the shift test."""
+             flagged: np.ndarray, test_set: AnomalyDataset, loaded: LoadedRun) -> dict[str, Any]:
+    """The decision, what it promised, and the test split as it decided (`flagged`): counts, rates, intervals, the
+    shift test."""
     good = labels == 0
     shift = _shift(decision, scores[good], None if members is None else members[good], test_set.where,
                    loaded.run.path)
-    flagged = decision.flags(scores, members)
     return {**at_threshold(labels, flagged, test_set.defect_types, decision.bound_false_alarm),
             "decision_threshold": decision.threshold, "decision_rule": decision.rule,
             "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,

@@ -18,14 +18,13 @@ from ..model.backbones import build_teacher
 from ..model.ensemble import FoldEnsemble
 from .batch_maps import preload, to_input
 from .config import RunConfig
-from .deciding import decide_on_held_out
+from .deciding import decide_on_folds
 from .folder import (
     CHECKPOINT_SCHEMA,
     RUNS_ROOT,
     RunDir,
     autocast,
     files_fingerprint,
-    load_run,
     load_students,
     provenance,
     read_checkpoint,
@@ -105,7 +104,7 @@ def _train_folds(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool
     threshold = _merge(cfg, run, members)
     info.update(completed=True, train_minutes=round(minutes, 3), image_threshold=threshold)
     write_json(run.info_file, info)
-    decide_on_held_out(load_run(run, device.type), quiet=quiet)
+    decide_on_folds(run)
     for member in members:  # their weights now live in the run's checkpoint; their logs and decisions stay
         member.checkpoint.unlink(missing_ok=True)
     return run
