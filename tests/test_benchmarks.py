@@ -172,8 +172,9 @@ def test_fusion_choice_scales_grid_fuses_each_subset_of_the_pyramid(monkeypatch)
 
 @pytest.mark.slow
 def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, data_root):
-    """Under the test profile (synthetic stand-ins): one row per run, and the ranking's recall at the measured
-    false-alarm rate is never below the deployed threshold's (that threshold is one point of the same ROC)."""
+    """Under the test profile (synthetic stand-ins): one row per run, and for the one-fold run the ranking's recall at
+    the measured false-alarm rate is never below the deployed threshold's (that threshold is one point of the same
+    ROC; the cross-fitted run's p-value rule is not a threshold on its averaged score, so it may beat that ROC)."""
     from benchmarks import decisions
 
     assert decisions.main(["--data-root", str(data_root), "--profile", "test", "--datasets", "mvtec_ad",
@@ -181,10 +182,11 @@ def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, 
     table = pd.read_csv(tmp_path / "benchmarks" / "decisions.csv")
     assert list(table["config"]) == ["dskd", "dskd, 2 folds"]
     assert {"promised", "false alarms", "consistent", "shift p", "image AUROC"} <= set(table.columns)
-    for _, row in table.iterrows():
-        deployed = float(row["recall"].split(": ")[1].split(" ")[0])
-        assert float(row["oracle recall at that false-alarm rate"]) >= deployed
+    single_fold = table.iloc[0]
+    deployed = float(single_fold["recall"].split(": ")[1].split(" ")[0])
+    assert float(single_fold["oracle recall at that false-alarm rate"]) >= deployed
     single, crossed = table["calibration images"]
     assert crossed > single  # every good training image calibrates the cross-fitted run
     text = (tmp_path / "benchmarks" / "decisions.md").read_text()
     assert "Clopper–Pearson" in text and "images/s, openvino" in text
+    assert "ranking's recall at one false alarm" in text
