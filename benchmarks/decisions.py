@@ -15,12 +15,18 @@ Writes results/benchmarks/decisions.csv and .md.
 
 A cross-fitted run decides by cross-conformal p-values, which are not a threshold on its averaged score: its
 oracle columns are that score's ROC, a reference the rule can beat (docs/findings.md section 26).
+
+`--score-shares 0.05` adds, for every run, a copy whose image score is the mean of the map's largest 5 % (its weights
+linked, nothing trained again; its decision set again on the same good images): the image score compared on the
+same networks (docs/findings.md section 27).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +35,7 @@ import pandas as pd
 
 from benchmarks.common import REPO
 from dskd import suite
-from dskd.atomic import atomic_write, write_text
+from dskd.atomic import atomic_write, write_json, write_text
 from dskd.data import load_dataset
 from dskd.deploy.export import export
 from dskd.deploy.predictors import openvino_predictor, torch_predictor
@@ -38,7 +44,9 @@ from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row, percent, p
 from dskd.repro.task import run_folder
 from dskd.run import archive
 from dskd.run.batch_maps import preload
-from dskd.run.folder import RunDir, open_run
+from dskd.run.config import RunConfig
+from dskd.run.deciding import score_folds_again
+from dskd.run.folder import RunDir, load_run, open_run, read_json
 from dskd.run.methods import get_method
 from dskd.run.metrics import roc_curve
 
@@ -75,9 +83,46 @@ def decision_rows(runs: pd.DataFrame) -> pd.DataFrame:
 THRESHOLD_FREE = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
 
 
-def methods(configs: list[str], folds: list[int]) -> dict[str, dict]:
-    """Each configuration at each number of folds, named as the tables show it."""
-    return {c if k == 1 else f"{c}, {k} folds": {**get_method(c).overrides, "folds": k} for c in configs for k in folds}
+def methods(configs: list[str], folds: list[int], share: float = 0.0) -> dict[str, dict]:
+    """Each configuration at each number of folds (and image score share), named as the tables show it."""
+    named = {c if k == 1 else f"{c}, {k} folds": {**get_method(c).overrides, "folds": k}
+             for c in configs for k in folds}
+    if not share:
+        return named
+    return {f"{name}, top {100 * share:g} %": {**overrides, "score_share": share} for name, overrides in named.items()}
+
+
+def rescored(run: str | Path, share: float, runs_root: Path) -> None:
+    """A trained run's copy whose image score is the mean of its map's largest `share`: its weights linked, never
+    trained again, and its decision set again on the same good images (a cross-fitted run's here, a one-fold run's
+    by its evaluation). A copy left half-made by an interruption is made again."""
+    source = open_run(run)
+    target = RunDir(run_folder(source.config.with_overrides(score_share=share), runs_root),
+                    source.config.with_overrides(score_share=share))
+    if target.completed:
+        return
+    partial = target.path.with_name(target.path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    results = {"maps.npz", "metrics.json", "decision.json", "run.log", ".worker.pid"}  # the run's own, not its sets'
+    shutil.copytree(source.path, partial, copy_function=_link,
+                    ignore=lambda folder, names: results & set(names) if Path(folder) == source.path else set())
+    for info_file in [partial / "config.json", *partial.glob("folds/*/config.json")]:
+        info = read_json(info_file, "training the run again")
+        cfg = RunConfig.from_dict(info["config"]).with_overrides(score_share=share)
+        write_json(info_file, {**info, "config": cfg.to_dict(), "fingerprint": cfg.fingerprint()})
+    if target.config.ensemble:
+        score_folds_again(load_run(partial, "cpu"))
+    partial.rename(target.path)
+
+
+def _link(src: str, dst: str) -> None:
+    """The checkpoint hard-linked (hundreds of MB, never written again), anything else copied."""
+    try:
+        if Path(src).name == "checkpoint.pt":
+            return os.link(src, dst)
+    except OSError:
+        pass
+    shutil.copy2(src, dst)
 
 
 def grid(exp: suite.Experiment, configs: dict[str, dict], only_trained: bool) -> pd.DataFrame:
@@ -152,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="+", default=["dskd"])
     p.add_argument("--folds", type=int, nargs="+", default=[1, 3], help="1: the held-out split; K: cross-fitting")
     p.add_argument("--only-trained", action="store_true", help="tabulate the runs already trained; train none")
+    p.add_argument("--score-shares", type=float, nargs="+", default=[],
+                   help="besides the map's maximum, the image scores 'mean of the map's largest share s' to tabulate, "
+                        "on copies of the runs (weights linked: nothing trains again)")
     p.add_argument("--profile", default="quick")
     p.add_argument("--out", default=str(REPO / "results"), help="tables go to <out>/benchmarks/")
     p.add_argument("--name", default="decisions")
@@ -168,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         if exp.skipped:
             print(f"skipped {dataset}: {exp.skipped}")
             continue
-        frames.append(grid(exp, methods(args.configs, args.folds), args.only_trained).assign(dataset=dataset))
+        base = grid(exp, methods(args.configs, args.folds), args.only_trained)
+        for share in args.score_shares:
+            for run in base.get("run", []):
+                rescored(run, share, exp.runs_root)
+            base = pd.concat([base, grid(exp, methods(args.configs, args.folds, share), True)], ignore_index=True)
+        frames.append(base.assign(dataset=dataset))
         described.append(f"- {dataset}: {exp.describe()}")
     if not frames:
         raise SystemExit("error: none of the datasets was found under --data-root")
@@ -177,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(args.out) / "benchmarks"
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.to_csv(tmp))
     lines = [f"# {args.name}: the deployed thresholds on the test splits", "",
-             "Measured by `python -m benchmarks.decisions` on this 2-core CPU, one row per run, each trained alone on "
-             "it; thresholds set on good images, never on test labels: `--folds 1` on 10 % of the good training images "
+             "Measured by `python -m benchmarks.decisions` on this 2-core CPU, one row per run (training minutes "
+             "compare only between runs that trained alone: see the note); thresholds set on good images, never on "
+             "test labels: `--folds 1` on 10 % of the good training images "
              "held out (at least 8), `K folds` on every good training image, each scored by the student set that "
              "never trained on it (cross-conformal, docs/deploy.md). FP32.",
              "", *described, "", *([args.note, ""] if args.note else []), DECISION_MEANING, "",

@@ -34,7 +34,7 @@ DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 MARGIN = 0.3  # points of the score; below it a difference is a tie (one seed's noise on MT alone is ~1 point)
 GRIDS = {  # first value of each: the default, so the first combination is the defaults
     "fusion": {"student_fusion": ("sum", "max"), "scale_fusion": ("sum", "product"), "normalize": (True, False)},
-    "smoothing": {"sigma": (4.0, 1.0, 2.0, 8.0), "score_topk": (0, 16, 64)},
+    "smoothing": {"sigma": (4.0, 1.0, 2.0, 8.0), "score_share": (0.0, 0.01, 0.05)},
     "students": {"students": (("se", "sd"), ("se",), ("sd",))},
     "scales": {"scales": ((0, 1, 2), (1, 2), (0, 1), (0, 2), (0,), (1,), (2,))},
 }

@@ -66,13 +66,13 @@ def _config(method: str, size: int, epochs: int, fit: str, seed: int, args: argp
                           device=args.device, precision="float32", **METHODS[method].overrides)
 
 
-def _refused(run_dir: Path, size: int) -> dict[str, list[float]]:
+def _refused(run_dir: Path) -> dict[str, list[float]]:
     """The run's saved per-scale maps fused in other ways, without retraining."""
     from dskd import suite
     from dskd.run.metrics import all_metrics
 
     saved = suite.load_maps(run_dir)
-    variants: dict[str, dict] = {"topk1pct": {"score_topk": size * size // 100}, "nonorm": {"normalize": False}}
+    variants: dict[str, dict] = {"topk1pct": {"score_share": 0.01}, "nonorm": {"normalize": False}}
     if len(saved.students) == 2:
         variants.update(max={"student_fusion": "max"}, only_se={"students": ["se"]}, only_sd={"students": ["sd"]})
     out = {}
@@ -96,7 +96,7 @@ def _record(job: tuple, outcome, size: int) -> dict:
             "loss_last": (path / "train_log.csv").read_text().strip().splitlines()[-1],
             "default": [round(res[k], 4) for k in METRICS],
             "per_type": {k: round(v, 4) for k, v in res["per_defect_image_auroc"].items()},
-            "analysis": _refused(path, size)}
+            "analysis": _refused(path)}
 
 
 def run_sweep(args: argparse.Namespace) -> None:

@@ -1,5 +1,7 @@
 """The benchmark harnesses run end to end at toy sizes (their numbers are meaningless here, their plumbing is not)."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -178,15 +180,34 @@ def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, 
     from benchmarks import decisions
 
     assert decisions.main(["--data-root", str(data_root), "--profile", "test", "--datasets", "mvtec_ad",
-                           "--seeds", "0", "--folds", "1", "2", "--out", str(tmp_path)]) == 0
+                           "--seeds", "0", "--folds", "1", "2", "--score-shares", "0.05", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "benchmarks" / "decisions.csv")
-    assert list(table["config"]) == ["dskd", "dskd, 2 folds"]
+    assert list(table["config"]) == ["dskd", "dskd, 2 folds", "dskd, top 5 %", "dskd, 2 folds, top 5 %"]
+    _rescored_runs_share_weights_and_score_again(tmp_path / "test" / "runs")
     assert {"promised", "false alarms", "consistent", "shift p", "image AUROC"} <= set(table.columns)
     single_fold = table.iloc[0]
     deployed = float(single_fold["recall"].split(": ")[1].split(" ")[0])
     assert float(single_fold["oracle recall at that false-alarm rate"]) >= deployed
-    single, crossed = table["calibration images"]
+    single, crossed, *_ = table["calibration images"]
     assert crossed > single  # every good training image calibrates the cross-fitted run
     text = (tmp_path / "benchmarks" / "decisions.md").read_text()
     assert "Clopper–Pearson" in text and "images/s, openvino" in text
     assert "ranking's recall at one false alarm" in text
+
+
+def _rescored_runs_share_weights_and_score_again(runs_root):
+    """A re-scored copy links its original's weights; scoring the folds again by the original's own score gives back
+    the out-of-fold scores training recorded, and by the share other ones."""
+    from dskd.run.deciding import score_folds_again
+    from dskd.run.folder import load_run, open_run
+
+    crossed = sorted(p for p in runs_root.iterdir() if p.is_dir() and "-k2-" in p.name)
+    assert len(crossed) == 2
+    runs = {open_run(p).config.model.score_share: p for p in crossed}
+    original, share = runs[0.0], runs[0.05]
+    assert (original / "checkpoint.pt").stat().st_ino == (share / "checkpoint.pt").stat().st_ino
+    recorded = json.loads((original / "decision.json").read_text())["fold_scores"]
+    again = score_folds_again(load_run(original, "cpu")).fold_scores
+    shared = json.loads((share / "decision.json").read_text())["fold_scores"]
+    for fold, by_max, by_share in zip(recorded, again, shared, strict=True):
+        assert by_max == pytest.approx(fold, rel=1e-5) and by_share != pytest.approx(fold, rel=1e-3)

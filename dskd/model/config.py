@@ -47,7 +47,9 @@ class ModelConfig:
     scale_fusion: str = setting("sum", "how a student's per-scale maps combine", SCALE_FUSIONS)
     student_fusion: str = setting("sum", "how the students' maps combine", STUDENT_FUSIONS)
     sigma: float = setting(4.0, "Gaussian smoothing of the map, in input pixels (0: none)", at_least=0, at_most=64)
-    score_topk: int = setting(0, "image score: 0 = max of the map, k = mean of its k largest pixels", at_least=0)
+    score_share: float = setting(0.0, "image score: 0 = the map's maximum; s = the mean of its largest pixels, a "
+                                      "share s of the map (a share means the same at every image size)",
+                                 at_least=0, at_most=1)
     map_norm: str = setting("zscore", "per student and scale, normalize maps with training-image statistics before "
                                       "fusing (zscore measured best, docs/findings.md)", MAP_NORMS)
 

@@ -75,7 +75,7 @@ class FoldEnsemble(nn.Module):
         cfg = self.config
         out = fuse_native({n: native[n] for n in self.students}, size, keep_students=keep_students,
                           scale_fusion=cfg.scale_fusion, student_fusion=cfg.student_fusion, sigma=cfg.sigma,
-                          scales=scales, score_topk=cfg.score_topk, valid=valid)
+                          scales=scales, score_share=cfg.score_share, valid=valid)
         if not all(member_key(n, 0) in native for n in self.students):  # maps read back from an archive
             return out
         scores = [m.fuse({n: native[member_key(n, k)] for n in self.students}, size, scales, valid,

@@ -137,18 +137,26 @@ def fuse_students(stacked: torch.Tensor, how: str = "sum") -> torch.Tensor:
     return _reduce(stacked, how, STUDENT_FUSIONS, "student fusion")
 
 
-def image_score(amap: torch.Tensor, topk: int = 0) -> torch.Tensor:
-    """Max of the map (topk=0) or the mean of its `topk` largest pixels, which is less noise-driven."""
+def top_count(share: float, pixels: int) -> int:
+    """How many of a map's `pixels` a `score_share` averages (0: the maximum alone)."""
+    return min(pixels, max(1, math.ceil(share * pixels)))
+
+
+def image_score(amap: torch.Tensor, share: float = 0.0) -> torch.Tensor:
+    """The map's maximum (share 0), or the mean of its largest pixels, a `share` of the map: a single pixel's
+    noise then moves the score less (docs/findings.md, section 27). Padding arrives as -inf and is left out."""
     flat = amap.flatten(1)
-    if topk <= 0:
+    if share <= 0:
         return flat.amax(1)
-    return flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(1)
+    top = flat.topk(top_count(share, int(flat.shape[1])), dim=1).values
+    shown = torch.isfinite(top)
+    return torch.where(shown, top, torch.zeros_like(top)).sum(1) / shown.sum(1).clamp_min(1).to(top)
 
 
-def _valid_score(amap: torch.Tensor, valid: torch.Tensor | None, topk: int) -> torch.Tensor:
+def _valid_score(amap: torch.Tensor, valid: torch.Tensor | None, share: float) -> torch.Tensor:
     """The image score over the pixels that show the image (`valid`), never the padding."""
     return image_score(amap if valid is None else amap.masked_fill(~valid.to(amap.device)[:, None], float("-inf")),
-                       topk)
+                       share)
 
 
 def normalize_scales(maps: Sequence[torch.Tensor], norm: torch.Tensor, scale_fusion: str) -> list[torch.Tensor]:
@@ -158,7 +166,7 @@ def normalize_scales(maps: Sequence[torch.Tensor], norm: torch.Tensor, scale_fus
 
 
 def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", student_fusion: str = "sum",
-         sigma: float = 4.0, scales: Sequence[int] | None = None, score_topk: int = 0,
+         sigma: float = 4.0, scales: Sequence[int] | None = None, score_share: float = 0.0,
          norm: Mapping[str, torch.Tensor] | None = None, valid: torch.Tensor | None = None) -> AnomalyOutput:
     """Per-student per-scale maps -> AnomalyOutput.
 
@@ -179,7 +187,7 @@ def fuse(per_scale: Mapping[str, torch.Tensor], *, scale_fusion: str = "sum", st
     amap = fuse_students(smoothed, student_fusion)
     return AnomalyOutput(
         map=amap,
-        score=_valid_score(amap, valid, score_topk),
+        score=_valid_score(amap, valid, score_share),
         per_student={name: smoothed[:, i: i + 1] for i, name in enumerate(per_scale)},
         per_scale=dict(per_scale),
     )
@@ -190,7 +198,7 @@ LINEAR_FUSIONS = ("sum", "mean")
 
 def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, int], *, keep_students: bool = True,
                 scale_fusion: str = "sum", student_fusion: str = "sum", sigma: float = 4.0,
-                scales: Sequence[int] | None = None, score_topk: int = 0,
+                scales: Sequence[int] | None = None, score_share: float = 0.0,
                 norm: Mapping[str, torch.Tensor] | None = None, valid: torch.Tensor | None = None) -> AnomalyOutput:
     """Native per-scale maps (student -> per scale, B x 1 x h x w) -> AnomalyOutput, as `fuse` after upsampling.
 
@@ -202,7 +210,7 @@ def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, i
     if keep_students or scale_fusion not in LINEAR_FUSIONS or student_fusion not in LINEAR_FUSIONS:
         per_scale = {name: upsample_scales(maps, size) for name, maps in native.items()}
         return fuse(per_scale, scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=sigma, scales=scales,
-                    score_topk=score_topk, norm=norm, valid=valid)
+                    score_share=score_share, norm=norm, valid=valid)
     if norm is not None:
         native = {name: normalize_scales(maps, norm[name], scale_fusion) if name in norm else maps
                   for name, maps in native.items()}
@@ -213,7 +221,7 @@ def fuse_native(native: Mapping[str, Sequence[torch.Tensor]], size: tuple[int, i
         amap = amap / len(picked)
     if student_fusion == "mean":
         amap = amap / len(native)
-    return AnomalyOutput(map=amap, score=_valid_score(amap, valid, score_topk), per_student={})
+    return AnomalyOutput(map=amap, score=_valid_score(amap, valid, score_share), per_student={})
 
 
 __all__ = [

@@ -148,7 +148,7 @@ class DSKD(nn.Module):
         cfg = self.config
         return fuse_native(native, size, keep_students=keep_students, scale_fusion=cfg.scale_fusion,
                            student_fusion=cfg.student_fusion, sigma=cfg.sigma, scales=scales,
-                           score_topk=cfg.score_topk, norm=self.map_norm(), valid=valid)
+                           score_share=cfg.score_share, norm=self.map_norm(), valid=valid)
 
     def anomaly_map(self, images: torch.Tensor, scales: list[int] | None = None,
                     valid: torch.Tensor | None = None, keep_students: bool = True) -> AnomalyOutput:

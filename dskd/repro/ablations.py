@@ -26,7 +26,7 @@ def fuse_saved(saved: SavedMaps, *, scales: Sequence[int] | None = None, student
            normalize: bool = True, **fusion) -> tuple[np.ndarray, np.ndarray]:
     """Fuse a run's saved native per-scale maps again (no network involved): by default exactly as the run did
     (its recorded fusion settings and normalization); `fusion` overrides any of scale_fusion, student_fusion,
-    sigma and score_topk; `scales` and `students` take subsets; `normalize=False` drops the fitted normalization.
+    sigma and score_share; `scales` and `students` take subsets; `normalize=False` drops the fitted normalization.
     Scores ignore padding as in evaluation (pass `valid=saved.valid` to the pixel metrics as well)."""
     allowed = [k for k in archive.FUSION_FIELDS if k != "map_norm"]
     if set(fusion) - set(allowed):

@@ -22,7 +22,7 @@ from ..errors import DskdError
 from ..model.config import N_SCALES, ModelConfig
 
 VERSION = 3  # 3: the pixel threshold
-FUSION_FIELDS = ("scale_fusion", "student_fusion", "sigma", "score_topk", "map_norm")
+FUSION_FIELDS = ("scale_fusion", "student_fusion", "sigma", "score_share", "map_norm")
 
 
 @dataclass

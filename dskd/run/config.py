@@ -49,7 +49,10 @@ RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
 FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
                                                   ("recalibrate_bn",): False, ("precision",): "float32",
                                                   ("val_fraction",): 0.0, ("max_false_alarm",): 0.01,
-                                                  ("folds",): 1, ("fold",): None}
+                                                  ("folds",): 1, ("fold",): None, ("model", "score_share"): 0.0}
+# A field replaced by another, with the value every run before the change hashed: the image score's pixel count
+# became a share of the map (the same at every image size); a count k reads back as k / image_size².
+FIELDS_RETIRED: dict[tuple[str, ...], Any] = {("model", "score_topk"): 0}
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,10 @@ class RunConfig:
 
         nested = {"model": ModelConfig, "se_optim": OptimConfig, "sd_optim": OptimConfig}
         d = {**{k[0]: v for k, v in FIELDS_ADDED_LATER.items() if len(k) == 1}, **d}  # what older runs implied
+        if "score_topk" in d.get("model", {}):
+            model = dict(d["model"])
+            count = model.pop("score_topk")
+            d = {**d, "model": {"score_share": count / int(d.get("image_size", 256)) ** 2 if count else 0.0, **model}}
         return cls(**{k: build(nested[k], v) if k in nested else v for k, v in d.items()})
 
     def fingerprint(self) -> str:
@@ -141,6 +148,8 @@ class RunConfig:
             holder = d[parents[0]] if parents else d
             if holder[key] == default:
                 del holder[key]
+        for (*parents, key), value in FIELDS_RETIRED.items():
+            (d[parents[0]] if parents else d)[key] = value
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:

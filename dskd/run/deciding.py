@@ -4,11 +4,12 @@ cross-fitted, the training images where there is nothing else, or a labelled fol
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from ..atomic import write_json
 from ..data import AnomalyDataset, NoValidationSplit, labelled_samples, load_dataset
-from .batch_maps import scored
+from .batch_maps import all_maps, preload, scored, valid_tensor
 from .config import RunConfig
 from .decision import Decision, false_alarm_threshold, from_folds, from_good_images
 from .folder import LoadedRun, RunDir, read_json
@@ -53,6 +54,20 @@ def decide_on_folds(run: RunDir) -> Decision:
                           f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
     write_json(run.decision_file, decision.to_dict())
     return decision
+
+
+def score_folds_again(loaded: LoadedRun, data_root: str | Path | None = None, quiet: bool = True) -> Decision:
+    """Set a cross-fitted run's decision with its sets' out-of-fold scores computed again by the run's present map
+    settings (an image score changed after training, say): set k scores fold k, as in training, and nothing trains."""
+    for k in range(loaded.run.config.folds):
+        member = loaded.run.member(k)
+        fold, _ = _good_images(member.config, data_root or member.config.data_root)
+        images = preload(fold, desc=f"loading fold {k}", quiet=quiet)[0]
+        by_set = all_maps(loaded, images, valid_tensor(fold), False, quiet)[4]
+        file = member.decision_file
+        before = Decision.from_dict(read_json(file, "training the run again"), str(file))
+        write_json(file, replace(before, calibration_scores=sorted(float(s) for s in by_set[:, k])).to_dict())
+    return decide_on_folds(loaded.run)
 
 
 def _good_images(cfg: RunConfig, root: str | Path) -> tuple[AnomalyDataset, bool]:

@@ -105,15 +105,15 @@ def test_map_is_zero_for_identical_features_and_peaks_at_perturbation():
     assert out.score.item() == pytest.approx(out.map.max().item())
 
 
-def test_fusion_options_and_topk_score():
+def test_fusion_options_and_top_share_score():
     per_scale = {"se": torch.rand(2, 3, 32, 32), "sd": torch.rand(2, 3, 32, 32)}
     s = fuse(per_scale, sigma=0)
     torch.testing.assert_close(s.map, per_scale["se"].sum(1, keepdim=True) + per_scale["sd"].sum(1, keepdim=True))
     p = fuse(per_scale, scale_fusion="product", student_fusion="max", sigma=0, scales=[0, 2])
     expected = torch.maximum(per_scale["se"][:, [0, 2]].prod(1), per_scale["sd"][:, [0, 2]].prod(1)).unsqueeze(1)
     torch.testing.assert_close(p.map, expected)
-    k = fuse(per_scale, sigma=0, score_topk=10)
-    torch.testing.assert_close(k.score, k.map.flatten(1).topk(10).values.mean(1))
+    k = fuse(per_scale, sigma=0, score_share=0.01)  # 1 % of 1024 pixels: the mean of the 11 largest
+    torch.testing.assert_close(k.score, k.map.flatten(1).topk(11).values.mean(1))
     norm = {"se": torch.tensor([[0.5, 0.5, 0.5], [2.0, 2.0, 2.0]])}
     n = fuse({"se": per_scale["se"]}, sigma=0, norm=norm)
     torch.testing.assert_close(n.map, ((per_scale["se"] - 0.5) / 2).sum(1, keepdim=True))
@@ -200,7 +200,7 @@ def test_native_shortcut_equals_fusing_upsampled_maps(scale_fusion, student_fusi
     valid = torch.ones(2, 96, 112, dtype=torch.bool)
     valid[1, 80:] = False
     options = dict(scale_fusion=scale_fusion, student_fusion=student_fusion, sigma=2.0, scales=[0, 2], norm=norm,
-                   valid=valid, score_topk=5)
+                   valid=valid, score_share=0.01)
     full = fuse({n: upsample_scales(m, (96, 112)) for n, m in native.items()}, **options)
     short = fuse_native(native, (96, 112), keep_students=False, **options)
     torch.testing.assert_close(short.map, full.map, rtol=1e-5, atol=1e-5)
@@ -288,3 +288,19 @@ def test_image_score_ignores_the_padding():
     masked = fuse(per_scale, sigma=0, valid=valid)
     assert torch.allclose(masked.score, masked.map[:, 0, 8:].flatten(1).amax(1))
     assert (fuse(per_scale, sigma=0).score > 100).all()  # without `valid` the band decides the score
+
+
+def test_image_score_share_means_the_same_at_every_size():
+    """A share of the map, not a pixel count: the map at twice the resolution (each pixel four times) scores the
+    same; where padding leaves fewer pixels than the share asks for, the score is the mean of those shown."""
+    from dskd.model.maps import image_score
+
+    amap = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    twice = amap.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    torch.testing.assert_close(image_score(twice, 0.05), image_score(amap, 0.05))
+    assert not torch.allclose(image_score(amap, 0.05), image_score(amap, 0.0))
+    assert (image_score(amap, 0.05) < image_score(amap, 0.0)).all()
+    valid = torch.zeros(3, 64, 64, dtype=torch.bool)
+    valid[:, :4, :4] = True  # 16 pixels shown, the share asks for 205
+    masked = fuse({"se": amap.expand(-1, 3, -1, -1)}, sigma=0, valid=valid, score_share=0.05)
+    torch.testing.assert_close(masked.score, masked.map[:, 0, :4, :4].flatten(1).mean(1))

@@ -19,6 +19,12 @@ def test_fields_added_later_keep_earlier_run_names():
     # a config.json written before a field existed reads as what that run did, not as today's default
     written_then = {k: v for k, v in old.to_dict().items() if k not in ("recalibrate_bn", "val_fraction")}
     assert RunConfig.from_dict(written_then) == old
+    # the image score's pixel count (retired for a share of the map) keeps the names of the runs that had it
+    counted = old.to_dict()
+    counted["model"] = {**{k: v for k, v in counted["model"].items() if k != "score_share"}, "score_topk": 0}
+    assert RunConfig.from_dict(counted).fingerprint() == "20e493b2cb24"
+    counted["model"]["score_topk"] = 64
+    assert RunConfig.from_dict(counted).model.score_share == 64 / 64 ** 2
 
 
 
@@ -52,12 +58,12 @@ def test_flags_reach_the_run_config():
     from dskd.cli import build_parser, setting_fields
     from dskd.run.profiles import profile_config
 
-    args = build_parser().parse_args(["train", "--out", "x", "--score-topk", "5", "--student-fusion", "max",
+    args = build_parser().parse_args(["train", "--out", "x", "--score-share", "0.05", "--student-fusion", "max",
                                       "--scale-weights", "1", "2", "3", "--se-optim-lr", "0.1", "--no-recalibrate-bn",
                                       "--precision", "bfloat16", "--sigma", "2"])
     overrides = {name: getattr(args, name) for name, _, _ in setting_fields()}
     cfg = profile_config("quick", **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    assert (cfg.model.score_topk, cfg.model.student_fusion, cfg.model.sigma) == (5, "max", 2.0)
+    assert (cfg.model.score_share, cfg.model.student_fusion, cfg.model.sigma) == (0.05, "max", 2.0)
     assert cfg.model.scale_weights == (1.0, 2.0, 3.0) and cfg.se_optim.lr == 0.1 and cfg.sd_optim.lr == 0.005
     assert cfg.recalibrate_bn is False and cfg.precision == "bfloat16"
     assert cfg.size_from == "dataset" and cfg.image_size == 128  # synthetic's own size

@@ -18,7 +18,7 @@ def test_archive_round_trip(tmp_path, masks):
     saved.pixel_threshold = 0.125 if masks else None
     archive.save(tmp_path / "maps.npz", saved)
     back = archive.load(tmp_path)  # a run folder finds its maps.npz
-    assert back.fusion == {"scale_fusion": "sum", "student_fusion": "max", "sigma": 2.0, "score_topk": 0,
+    assert back.fusion == {"scale_fusion": "sum", "student_fusion": "max", "sigma": 2.0, "score_share": 0.0,
                            "map_norm": "zscore"}
     assert back.students == ["se", "sd"] and back.paths == saved.paths and back.threshold == 0.25
     assert (back.masks is None) == (not masks) and back.valid is None
