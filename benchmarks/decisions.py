@@ -97,8 +97,8 @@ def rescored(run: str | Path, share: float, runs_root: Path) -> None:
     trained again, and its decision set again on the same good images (a cross-fitted run's here, a one-fold run's
     by its evaluation). A copy left half-made by an interruption is made again."""
     source = open_run(run)
-    target = RunDir(run_folder(source.config.with_overrides(score_share=share), runs_root),
-                    source.config.with_overrides(score_share=share))
+    cfg = source.config.with_overrides(score_share=share)
+    target = RunDir(run_folder(cfg, runs_root), cfg)
     if target.completed:
         return
     partial = target.path.with_name(target.path.name + ".partial")
@@ -108,20 +108,21 @@ def rescored(run: str | Path, share: float, runs_root: Path) -> None:
                     ignore=lambda folder, names: results & set(names) if Path(folder) == source.path else set())
     for info_file in [partial / "config.json", *partial.glob("folds/*/config.json")]:
         info = read_json(info_file, "training the run again")
-        cfg = RunConfig.from_dict(info["config"]).with_overrides(score_share=share)
-        write_json(info_file, {**info, "config": cfg.to_dict(), "fingerprint": cfg.fingerprint()})
-    if target.config.ensemble:
+        own = RunConfig.from_dict(info["config"]).with_overrides(score_share=share)  # a set's has its fold
+        write_json(info_file, {**info, "config": own.to_dict(), "fingerprint": own.fingerprint()})
+    if cfg.ensemble:
         score_folds_again(load_run(partial, "cpu"))
     partial.rename(target.path)
 
 
 def _link(src: str, dst: str) -> None:
     """The checkpoint hard-linked (hundreds of MB, never written again), anything else copied."""
-    try:
-        if Path(src).name == "checkpoint.pt":
-            return os.link(src, dst)
-    except OSError:
-        pass
+    if Path(src).name == "checkpoint.pt":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system
+            pass
     shutil.copy2(src, dst)
 
 
