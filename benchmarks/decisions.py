@@ -218,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {dataset}: {exp.skipped}")
             continue
         base = grid(exp, methods(args.configs, args.folds), args.only_trained)
-        for share in args.score_shares:
+        for share in args.score_shares:  # copies of the maximum's runs, never of another share's copies
             for run in base.get("run", []):
                 rescored(run, share, exp.runs_root)
-            base = pd.concat([base, grid(exp, methods(args.configs, args.folds, share), True)], ignore_index=True)
-        frames.append(base.assign(dataset=dataset))
+        shares = [grid(exp, methods(args.configs, args.folds, share), True) for share in args.score_shares]
+        frames.append(pd.concat([base, *shares], ignore_index=True).assign(dataset=dataset))
         described.append(f"- {dataset}: {exp.describe()}")
     if not frames:
         raise SystemExit("error: none of the datasets was found under --data-root")
