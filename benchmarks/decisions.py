@@ -8,8 +8,11 @@ promised false-alarm rate (mean and 95 % bound), the measured false alarms
 and recall with Clopper–Pearson 95 % intervals, whether the measurement is consistent with the bound, the shift
 test, and the recall the ranking allows at the same false-alarm rate (the ROC's true-positive rate at the measured
 false-alarm rate: the oracle threshold for that rate), which separates ranking from calibration; the threshold-free
-metrics and training minutes of each run; per configuration over seeds, the ranking's recall at one false alarm on
-the test's good images (how far apart the seeds' ROCs are where a strict target lands, whatever the threshold);
+metrics and training minutes of each run; the recall's 5th to 95th percentile over draws of the good images the
+decision was set on, the network fixed (`benchmarks.recall_spread`); per configuration over seeds, the ranking's
+recall at one false alarm on the test's good images (how far apart the seeds' ROCs are where a strict target lands,
+whatever the threshold) and the range of recall that three draws of the good images span, the network fixed (the
+mean over seeds: the seeds' spread that calibration alone would give);
 and, at the lowest seed, the images per second of its maps through PyTorch and through OpenVINO (FP32, batches of 16).
 Writes results/benchmarks/decisions.csv and .md.
 
@@ -34,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import REPO
+from benchmarks.recall_spread import with_spread
 from dskd import suite
 from dskd.atomic import atomic_write, write_json, write_text
 from dskd.data import load_dataset
@@ -42,31 +46,13 @@ from dskd.deploy.predictors import openvino_predictor, torch_predictor
 from dskd.repro.experiments import grid_configs
 from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row, percent, present
 from dskd.repro.task import run_folder
-from dskd.run import archive
 from dskd.run.batch_maps import preload
 from dskd.run.config import RunConfig
 from dskd.run.deciding import score_folds_again
 from dskd.run.folder import RunDir, load_run, open_run, read_json
 from dskd.run.methods import get_method
-from dskd.run.metrics import roc_curve
 
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
-
-
-def oracle_recall(run: str | Path, *false_alarm_rates: float) -> list[float]:
-    """The highest true-positive rate of the run's test scores at a false-positive rate no higher than each given one
-    (none given: one good test image flagged): what a threshold fitted on the test labels for that rate would find.
-    The saved maps are read once for all rates."""
-    saved = archive.load(run)
-    fpr, tpr = roc_curve(saved.labels, saved.scores)
-    rates = false_alarm_rates or (1 / int((saved.labels == 0).sum()),)
-    return [float(tpr[fpr <= rate + 1e-12].max()) for rate in rates]
-
-
-def with_oracle(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each run's ranking at its measured false-alarm rate and at one false alarm on the test's good images."""
-    recalls = [oracle_recall(r["run"], r["false_alarm_rate"], 1 / r["n_good"]) for _, r in runs.iterrows()]
-    return runs.assign(oracle_recall=[a for a, _ in recalls], oracle_recall_one=[b for _, b in recalls])
 
 
 def decision_rows(runs: pd.DataFrame) -> pd.DataFrame:
@@ -74,12 +60,19 @@ def decision_rows(runs: pd.DataFrame) -> pd.DataFrame:
     for _, r in runs.iterrows():
         shown = decision_row(r)
         shown["oracle recall at that false-alarm rate"] = percent(r["oracle_recall"])
+        shown["recall, good images drawn again"] = f"{percent(r['redraw_low'])} to {percent(r['redraw_high'])}" \
+            if present(r["redraw_low"]) else ABSENT
         rows.append({"dataset": r["dataset"], "category": r["category"], "config": r["method"], "seed": r["seed"],
                      **shown, **{name: percent(r.get(key)) for key, name in THRESHOLD_FREE.items()},
                      "training minutes": f"{r['train_minutes']:.1f}" if present(r.get("train_minutes")) else ABSENT})
     return pd.DataFrame(rows).set_index(["dataset", "category", "config", "seed"])
 
 
+REDRAWN_MEANING = ("recall, good images drawn again: its 5th to 95th percentile when the decision is set again, by "
+                   "the same rule, on draws with replacement of the good images it was set on (each fold's from that "
+                   "fold), the network fixed; over seeds, the range of recall three such draws span on average. "
+                   "Where the threshold is the highest calibration score (fewer than 1 / rate - 1 good images: "
+                   "MPDD's), no draw can raise it, so there the spread is one-sided, a lower bound.")
 THRESHOLD_FREE = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
 
 
@@ -178,6 +171,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
             "image AUROC, min to max": _min_to_max(100 * sub["image_auroc"]),
             "image AUROC, mean": f"{100 * sub['image_auroc'].mean():.1f}",
             "ranking's recall at one false alarm, min to max": _min_to_max(100 * sub["oracle_recall_one"]),
+            "recall's range over three draws of the good images": percent(sub["redraw_range_of_three"].mean()),
             "false alarms, mean": f"{100 * pd.to_numeric(sub['false_alarm_rate']).mean():.1f}",
             "consistent with the bound": f"{int(sub['consistent_with_bound'].fillna(False).sum())} of {len(sub)}",
             "shift test fired": f"{int(sub['shifted'].fillna(False).sum())} of {len(sub)}"}
@@ -226,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         described.append(f"- {dataset}: {exp.describe()}")
     if not frames:
         raise SystemExit("error: none of the datasets was found under --data-root")
-    runs = with_oracle(pd.concat(frames, ignore_index=True))
+    runs = with_spread(pd.concat(frames, ignore_index=True))
     table, over_seeds, speed = decision_rows(runs), summary(runs), speed_rows(runs)
     target = Path(args.out) / "benchmarks"
     atomic_write(target / f"{args.name}.csv", lambda tmp: table.to_csv(tmp))
@@ -236,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
              "test labels: `--folds 1` on 10 % of the good training images "
              "held out (at least 8), `K folds` on every good training image, each scored by the student set that "
              "never trained on it (cross-conformal, docs/deploy.md). FP32.",
-             "", *described, "", *([args.note, ""] if args.note else []), DECISION_MEANING, "",
+             "", *described, "", *([args.note, ""] if args.note else []), DECISION_MEANING, REDRAWN_MEANING, "",
              suite.markdown(table), "", "Over seeds:", "", suite.markdown(over_seeds), "",
              "Images per second of the maps at each configuration's lowest seed (batches of 16, after a warm-up "
              "batch; both engines on this CPU; compare within this table only):", "", suite.markdown(speed), "",

@@ -2,10 +2,11 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import speed
+from benchmarks import recall_spread, speed
 
 from .conftest import tiny_saved_maps
 
@@ -192,7 +193,9 @@ def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, 
     assert crossed > single  # every good training image calibrates the cross-fitted run
     text = (tmp_path / "benchmarks" / "decisions.md").read_text()
     assert "Clopper–Pearson" in text and "images/s, openvino" in text
-    assert "ranking's recall at one false alarm" in text
+    assert "ranking's recall at one false alarm" in text and "three draws of the good images" in text
+    low, high = (float(v) for v in single_fold["recall, good images drawn again"].split(" to "))
+    assert 0 <= low <= high <= 100
 
 
 def _rescored_runs_share_weights_and_score_again(runs_root):
@@ -211,3 +214,36 @@ def _rescored_runs_share_weights_and_score_again(runs_root):
     shared = json.loads((share / "decision.json").read_text())["fold_scores"]
     for fold, by_max, by_share in zip(recorded, again, shared, strict=True):
         assert by_max == pytest.approx(fold, rel=1e-5) and by_share != pytest.approx(fold, rel=1e-3)
+
+
+def _decided_by_draws(labels, scores, decision, members=None):
+    from dataclasses import replace
+
+    saved = replace(tiny_saved_maps(), labels=np.asarray(labels), scores=np.asarray(scores, np.float32),
+                    member_scores=members)
+    return recall_spread.recall_over_draws(saved, decision, draws=300)
+
+
+def test_recall_over_draws_moves_only_where_the_draw_moves_the_threshold():
+    """A decision set again on draws of its good images: defects far above every calibration score are found in every
+    draw; defects among the calibration tail are found in some draws and not others; a fold whose scores are all equal
+    gives the same decision in every draw, since each fold is drawn from itself."""
+    from dskd.run.decision import from_folds, from_good_images
+
+    good = np.linspace(0.0, 1.0, 200)
+    labels = [0] * 5 + [1] * 10
+    decision = from_good_images(good, np.zeros(1), 0.01, "test", announce=False)
+    far = _decided_by_draws(labels, [0.5] * 5 + [5.0] * 10, decision)
+    assert (far == 1).all()
+    near = _decided_by_draws(labels, [0.5] * 5 + list(np.linspace(0.95, 1.0, 10)), decision)
+    assert near.min() < near.max()
+    assert recall_spread.expected_range(near) > 0 and recall_spread.expected_range(far) == 0
+    folds = from_folds([[0.2] * 100, [0.3] * 100], 0.0, 0.01, "test")
+    members = np.array([[0.1, 0.1]] * 5 + [[0.25, 0.25]] * 5 + [[0.25, 0.35]] * 5)
+    steady = _decided_by_draws(labels, np.zeros(15), folds, members)
+    assert (steady == 0.5).all()  # the five above both folds' scores; the five above fold 0's only stay below
+
+
+def test_expected_range_of_three_draws_of_two_values():
+    """Three picks from two equally likely values differ unless all three agree: 1 - 2 / 8."""
+    assert recall_spread.expected_range(np.array([0.0, 1.0])) == pytest.approx(0.75, abs=0.02)

@@ -1,8 +1,9 @@
 """The saved-maps archive (`maps.npz`): one schema, written and read only here.
 
 What evaluation computed for every test image (the image as the network saw it, its mask, the fused map and
-score, each student's map and each student's native per-scale maps), together with what is needed to fuse those
-again exactly as the run did: its fusion settings and the normalization statistics fitted on training images.
+score, each student's map and each student's native per-scale maps, a cross-fitted model's score by each student
+set), together with what is needed to fuse those again exactly as the run did: its fusion settings and the
+normalization statistics fitted on training images.
 Ablations, figures and the explorer read an archive instead of running the network again.
 """
 
@@ -21,7 +22,7 @@ from ..atomic import atomic_write
 from ..errors import DskdError
 from ..model.config import N_SCALES, ModelConfig
 
-VERSION = 3  # 3: the pixel threshold
+VERSION = 4  # 3: the pixel threshold; 4: a cross-fitted model's scores by each student set
 FUSION_FIELDS = ("scale_fusion", "student_fusion", "sigma", "score_share", "map_norm")
 
 
@@ -42,6 +43,7 @@ class SavedMaps:
     valid: np.ndarray | None = None  # N x S x S bool, False on padding; None when nothing is padded
     pixel_threshold: float | None = None  # the deployed outline's threshold; None: not recorded
     flagged: np.ndarray | None = None  # N bool: the deployed decision; None (older archives): score >= threshold
+    member_scores: np.ndarray | None = None  # N x K: a cross-fitted model's score by each student set; None: one set
 
     @property
     def students(self) -> list[str]:
@@ -118,5 +120,6 @@ def load(path: Path | str) -> SavedMaps:
         threshold=float(a["threshold"]), per_student={n: a[f"student_{n}"] for n in students},
         per_scale={n: [a[f"scale{j}_{n}"] for j in range(N_SCALES)] for n in students},
         norm=a["norm"], fusion=json.loads(str(a["fusion"])), valid=a.get("valid"), flagged=a.get("flagged"),
+        member_scores=a.get("member_scores"),
         pixel_threshold=None if np.isnan(a["pixel_threshold"]) else float(a["pixel_threshold"]),
     )

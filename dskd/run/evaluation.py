@@ -62,7 +62,7 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             defect_types=list(test_set.defect_types), threshold=decision.threshold,
             pixel_threshold=decision.pixel_threshold, per_student=per_student, per_scale=per_scale,
             norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np,
-            flagged=flagged))
+            flagged=flagged, member_scores=members))
     return result
 
 
