@@ -1,6 +1,7 @@
 """The benchmark harnesses run end to end at toy sizes (their numbers are meaningless here, their plumbing is not)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -217,8 +218,6 @@ def _rescored_runs_share_weights_and_score_again(runs_root):
 
 
 def _decided_by_draws(labels, scores, decision, members=None):
-    from dataclasses import replace
-
     saved = replace(tiny_saved_maps(), labels=np.asarray(labels), scores=np.asarray(scores, np.float32),
                     member_scores=members)
     return recall_spread.recall_over_draws(saved, decision, draws=300)
