@@ -18,7 +18,7 @@ import pandas as pd
 
 from dskd.run import archive
 from dskd.run.decision import Decision, false_alarm_threshold
-from dskd.run.folder import open_run, read_json
+from dskd.run.folder import open_run
 from dskd.run.metrics import roc_curve
 
 DRAWS = 2000
@@ -59,8 +59,7 @@ def with_spread(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
         saved = archive.load(r["run"])
-        file = open_run(r["run"]).decision_file
-        decision = Decision.from_dict(read_json(file, "evaluating the run again"), str(file))
+        decision = open_run(r["run"]).recorded_decision("evaluating the run again")
         at_rate, at_one = oracle_recall(saved, r["false_alarm_rate"], 1 / r["n_good"])
         # a decision set on training images (no held-out split) keeps no calibration scores to draw from
         recalls = recall_over_draws(saved, decision) if decision.calibration_scores else np.full(1, np.nan)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..data import AnomalyDataset, NoValidationSplit, labelled_samples, load_dataset
-from .batch_maps import all_maps, preload, scored, valid_tensor
+from .batch_maps import scored
 from .config import RunConfig
 from .decision import Decision, false_alarm_threshold, from_folds, from_good_images
-from .folder import LoadedRun, RunDir, read_json
+from .folder import LoadedRun, RunDir
 from .metrics import f1_max_threshold
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def decide_on_folds(run: RunDir) -> Decision:
     """Set a cross-fitted run's decision: the cross-conformal rule on each set's scores of the fold it never trained
     on (each set's own decision holds them; no map is computed again); the outline is the mean of the sets'."""
     cfg = run.config
-    sets = [Decision.from_dict(read_json(m.decision_file, "training the run again"), str(m.decision_file))
-            for m in map(run.member, range(cfg.folds))]
+    sets = [m.recorded_decision("training the run again") for m in map(run.member, range(cfg.folds))]
     decision = from_folds([d.calibration_scores for d in sets], sum(d.pixel_threshold for d in sets) / len(sets),
                           cfg.max_false_alarm, f"{sum(d.n_images for d in sets)} good training images in "
                           f"{cfg.folds} folds, each scored by the set that never trained on it "
@@ -58,15 +57,14 @@ def decide_on_folds(run: RunDir) -> Decision:
 
 def score_folds_again(loaded: LoadedRun, data_root: str | Path | None = None, quiet: bool = True) -> Decision:
     """Set a cross-fitted run's decision with its sets' out-of-fold scores computed again by the run's present map
-    settings (an image score changed after training, say): set k scores fold k, as in training, and nothing trains."""
+    settings (an image score changed after training, say): set k alone scores fold k, as in training (the shared
+    teacher with that set's students, which is the ensemble's score by set k), and nothing trains."""
     for k in range(loaded.run.config.folds):
         member = loaded.run.member(k)
         fold, _ = _good_images(member.config, data_root or member.config.data_root)
-        images = preload(fold, desc=f"loading fold {k}", quiet=quiet)[0]
-        by_set = all_maps(loaded, images, valid_tensor(fold), False, quiet)[4]
-        file = member.decision_file
-        before = Decision.from_dict(read_json(file, "training the run again"), str(file))
-        write_json(file, replace(before, calibration_scores=sorted(float(s) for s in by_set[:, k])).to_dict())
+        scores = scored(replace(loaded, run=member, model=loaded.model.members[k]), fold, quiet)[0]
+        before = member.recorded_decision("training the run again")
+        write_json(member.decision_file, replace(before, calibration_scores=sorted(float(s) for s in scores)).to_dict())
     return decide_on_folds(loaded.run)
 
 

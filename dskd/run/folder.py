@@ -70,6 +70,10 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_file, "evaluating the run again")
 
+    def recorded_decision(self, remedy: str) -> Decision:
+        """The decision in `decision.json`; `remedy` says what to do when it cannot be read."""
+        return Decision.from_dict(read_json(self.decision_file, remedy), str(self.decision_file))
+
     def member(self, k: int) -> RunDir:
         """A cross-fitted run's student set k, trained in its own folder (`folds/<k>`) without fold k."""
         return RunDir(self.path / "folds" / str(k), dataclasses.replace(self.config, fold=k))
@@ -203,8 +207,7 @@ class LoadedRun:
         run from before decisions
         were recorded gets the training images' mean + 3 std for both thresholds."""
         if self.run.decision_file.is_file():
-            return Decision.from_dict(read_json(self.run.decision_file, "calibrating the run again"),
-                                      str(self.run.decision_file))
+            return self.run.recorded_decision("calibrating the run again")
         return Decision(self.image_threshold, self.image_threshold, "train_mean_plus_3std", "the training images",
                         0, None, None, "a run from before decisions were recorded; evaluate it to set one")
 
