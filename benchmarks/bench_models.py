@@ -72,7 +72,7 @@ class Bench:
 def _dskd(name: str, backbone: str, image_size: int) -> Bench:
     import dskd
     from dskd.run.config import RD_ADAM, STFPM_SGD
-    from dskd.run.trainer import make_optimizer
+    from dskd.run.optimizers import make_optimizer
 
     plain = name == PLAIN
     model = dskd.build_model(backbone, "dskd" if plain else name, pretrained=False)

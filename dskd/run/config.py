@@ -49,7 +49,11 @@ RD_ADAM = OptimConfig(name="adam", lr=0.005, betas=(0.5, 0.999))
 FIELDS_ADDED_LATER: dict[tuple[str, ...], Any] = {("model", "df_input"): "raw", ("lr_schedule",): "constant",
                                                   ("recalibrate_bn",): False, ("precision",): "float32",
                                                   ("val_fraction",): 0.0, ("max_false_alarm",): 0.01,
-                                                  ("folds",): 1, ("fold",): None, ("model", "score_share"): 0.0}
+                                                  ("folds",): 1, ("fold",): None, ("model", "score_share"): 0.0,
+                                                  ("max_epochs",): 0}
+# The stopping rule's settings matter only when it is on (max_epochs > 0), and the fixed epoch count only when it is
+# off: each is left out of the fingerprint where it changes nothing.
+STOPPING_FIELDS = ("stop_patience", "stop_min_improvement")
 # A field replaced by another, with the value every run before the change hashed: the image score's pixel count
 # became a share of the map (the same at every image size); a count k reads back as k / image_size².
 FIELDS_RETIRED: dict[tuple[str, ...], Any] = {("model", "score_topk"): 0}
@@ -67,7 +71,14 @@ class RunConfig:
                               "allows")
     fit_mode: str = setting("stretch", "non-square images: stretch, or pad (no distortion)", FIT_MODES)
     split_file: str | None = setting(None, "MT Defects: list of MT_Free images to train on (DifferNet's)")
-    epochs: int = setting(10, "training epochs", at_least=1)
+    epochs: int = setting(10, "training epochs, exactly (turns the stopping rule off)", at_least=1)
+    max_epochs: int = setting(0, "the stopping rule: train until the loss on the held-out good images stops "
+                                 "improving, at most this many epochs; 0: train exactly --epochs", at_least=0,
+                              at_most=10_000)
+    stop_patience: int = setting(3, "the stopping rule: stop after this many epochs without an improvement of the "
+                                    "held-out loss", at_least=1)
+    stop_min_improvement: float = setting(0.01, "the stopping rule: the share by which the held-out loss must fall "
+                                                "below its best to count as an improvement", at_least=0, below=1)
     batch_size: int = setting(8, "training batch size", at_least=2,
                               why="the students' BatchNorm needs at least 2 images in a training step")
     se_optim: OptimConfig = setting(help="Se's optimizer (STFPM's SGD recipe)", factory=lambda: STFPM_SGD)
@@ -150,6 +161,8 @@ class RunConfig:
                 del holder[key]
         for (*parents, key), value in FIELDS_RETIRED.items():
             (d[parents[0]] if parents else d)[key] = value
+        for key in ("epochs",) if self.max_epochs else STOPPING_FIELDS:
+            del d[key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
@@ -158,12 +171,25 @@ class RunConfig:
         src += "-dfpred" if m.df_input == "predicted" and m.df_source in ("se", "both") else ""
         src += "-detach" if m.df_detach and m.variant != "sd_only" else ""
         return (f"{self.dataset}-{self.category}-{m.backbone}-{m.variant}{src}-{self.image_size}px-"
-                f"e{self.epochs}-s{self.seed}{f'-k{self.folds}' if self.folds > 1 else ''}-{self.fingerprint()}")
+                f"{self.epoch_words()}-s{self.seed}{f'-k{self.folds}' if self.folds > 1 else ''}-{self.fingerprint()}")
+
+    def epoch_words(self) -> str:
+        """How long the run trains, as its name says it: `e21` (exactly 21), `emax40` (the stopping rule, at most
+        40)."""
+        return f"e{self.epochs}" if not self.max_epochs else f"emax{self.max_epochs}"
+
+    @property
+    def epoch_budget(self) -> int:
+        """The most epochs this run can train."""
+        return self.max_epochs or self.epochs
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """Override run or model fields by name (None values are ignored); `lr` sets both students' rates, and
-        `se_optim_lr`-style names set one field of one optimizer."""
+        `se_optim_lr`-style names set one field of one optimizer. An epoch count without `max_epochs` turns the
+        stopping rule off: `--epochs N` always trains exactly N."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs" in overrides and "max_epochs" not in overrides:
+            overrides["max_epochs"] = 0
         model_keys = {f.name for f in fields(ModelConfig)}
         run_keys = {f.name for f in fields(RunConfig)} - {"model"}
         optims = {name: getattr(self, name) for name in ("se_optim", "sd_optim")}

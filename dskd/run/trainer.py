@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_text
-from ..data import AnomalyDataset, get_dataset, load_dataset
+from ..data import AnomalyDataset, get_dataset
 from ..errors import DskdError
 from ..model.network import DSKD
 from .batch_maps import preload, to_input, valid_tensor
@@ -34,28 +34,12 @@ from .folder import (
     read_checkpoint,
     save_checkpoint,
 )
-from .map_stats import fit_map_statistics
+from .map_stats import fit_map_statistics, recalibrate_batchnorm
+from .optimizers import make_optimizer, set_cosine_lr
+from .splits import held_out_or_none, run_images
+from .stopping import held_out_loss, stop_reason
 
 log = logging.getLogger(__name__)
-
-
-def make_optimizer(params, opt: OptimConfig) -> torch.optim.Optimizer:
-    # One fused kernel per step instead of a loop over tensors: it saved about 8% of a 64 px CPU step in one A/B
-    # here; at 256 px the optimizer is under 1% of a step (results/benchmarks/speed.md).
-    params = list(params)
-    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
-    if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **fused)
-    return torch.optim.Adam(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, **fused)
-
-
-def set_cosine_lr(optims: dict[str, torch.optim.Optimizer], recipes: dict[str, OptimConfig], progress: float) -> None:
-    """Half a cosine from each recipe's rate to 0 over the run; a function of the step alone, so resuming needs no
-    state."""
-    factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-    for name, opt in optims.items():
-        for group in opt.param_groups:
-            group["lr"] = recipes[name].lr * factor
 
 
 def student_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -65,7 +49,8 @@ def student_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # a run resumed across versions may gain some
+    writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
@@ -112,53 +97,91 @@ def _start(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool) -> _
 
 @dataclass
 class TrainingData:
-    """A run's training images, decoded (N x 3 x S x S uint8), and, where they were computed once for several
-    runs (cross-fitting), the frozen teacher's pyramid of each (per scale, N x C x h x w)."""
+    """A run's training images and its held-out good images, decoded (N x 3 x S x S uint8), and, where they were
+    computed once for several runs (cross-fitting), the frozen teacher's pyramid of each (per scale, N x C x h x w).
+    """
 
     dataset: AnomalyDataset
     images: torch.Tensor
     teacher: list[torch.Tensor] | None = None
+    held_out: torch.Tensor | None = None
+    held_out_teacher: list[torch.Tensor] | None = None
+
+    @classmethod
+    def read(cls, cfg: RunConfig, quiet: bool) -> TrainingData:
+        train_set, held_out = run_images(cfg, "train"), held_out_or_none(cfg)
+        images = preload(train_set, desc="loading training images", quiet=quiet)[0]
+        return cls(train_set, images, held_out=None if held_out is None else preload(held_out, quiet=True)[0])
 
 
 def train_model(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quiet: bool,
-                data: TrainingData | None = None) -> RunDir:
+                data: TrainingData | None = None, on_epoch: Callable[[int, DSKD], None] | None = None) -> RunDir:
     """Train one model into `run` (its training split read here unless `data` is given), fit its maps'
-    statistics, and set its decision on its held-out images."""
-    if data is None:
-        train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", cfg.image_size,
-                                 split_file=cfg.split_file, fit_mode=cfg.fit_mode, val_fraction=cfg.val_fraction,
-                                 seed=cfg.seed)
-        data = TrainingData(train_set, preload(train_set, desc="loading training images", quiet=quiet)[0])
+    statistics, and set its decision on its held-out images. `on_epoch(epoch, model)` after each epoch's checkpoint
+    lets a benchmark look at the model as it learns (it must leave the model as it found it)."""
+    data = data or TrainingData.read(cfg, quiet)
     train_set, images = data.dataset, data.images
     if len(images) < 2:
         raise DskdError(f"{train_set.where}: {len(images)} training image(s); a training step needs at least 2 "
                         "(the students' BatchNorm), and a useful model many more")
+    if cfg.max_epochs and data.held_out is None:
+        raise DskdError(f"{train_set.where}: the stopping rule (--max-epochs {cfg.max_epochs}) needs good images held "
+                        "out of training, and this run holds none out; pass --val-fraction (at least 8 images held "
+                        "out) or train a fixed number of epochs (--epochs N)")
     if cfg.size_from == "dataset":
-        log.info("image size %d px, %d epochs: %s's own under the %s profile (%s); --image-size and --epochs change "
-                 "them", cfg.image_size, cfg.epochs, cfg.dataset, cfg.profile, get_dataset(cfg.dataset).quick[2])
+        log.info("image size %d px, %s: %s's own under the %s profile (%s); --image-size and --epochs change them",
+                 cfg.image_size, f"{cfg.epochs} epochs" if not cfg.max_epochs else f"at most {cfg.max_epochs} epochs",
+                 cfg.dataset, cfg.profile, get_dataset(cfg.dataset).quick[2])
     info = provenance(cfg, device, files_fingerprint([s.path for s in train_set.samples], Path(cfg.data_root)),
                       len(train_set))
     state = _start(cfg, run, device, resume)
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.info_file, info)
-    epochs = tqdm(range(state.start_epoch, cfg.epochs + 1), desc=f"train {cfg.model.variant}{_fold_words(cfg)}",
-                  disable=quiet, initial=state.start_epoch - 1, total=cfg.epochs, unit="epoch")
-    for epoch in epochs:
-        state.rows.append(_epoch(cfg, state, data, device, epoch, quiet))
-        epochs.set_postfix(loss=f"{state.rows[-1]['loss_total']:.4f}", img_s=f"{state.rows[-1]['images_per_s']:.1f}")
-        save_checkpoint(run.checkpoint, state.checkpoint(cfg, epoch))
-        write_log(run.path / "train_log.csv", state.rows)
-
+    stopped = _train_epochs(cfg, run, state, data, device, quiet, on_epoch)
     if cfg.recalibrate_bn:
         recalibrate_batchnorm(state.model, images, device, cfg.batch_size, cfg.precision)
     stats = fit_map_statistics(state.model, images, device, cfg.batch_size * 2, valid_tensor(train_set),
                                precision=cfg.precision)
-    save_checkpoint(run.checkpoint, state.checkpoint(cfg, cfg.epochs, **stats))
-    info.update(completed=True, train_minutes=round(sum(r["seconds"] for r in state.rows) / 60, 3),
-                image_threshold=stats["image_threshold"])
+    save_checkpoint(run.checkpoint, state.checkpoint(cfg, len(state.rows), **stats))
+    seconds = sum(r["seconds"] + r.get("held_out_seconds", 0) for r in state.rows)
+    info.update(completed=True, train_minutes=round(seconds / 60, 3), image_threshold=stats["image_threshold"],
+                epochs_trained=len(state.rows), stopped=stopped)
     write_json(run.info_file, info)
     decide_on_held_out(load_run(run, device.type), quiet=quiet)
     return run
+
+
+def _train_epochs(cfg: RunConfig, run: RunDir, state: _Training, data: TrainingData, device: torch.device,
+                  quiet: bool, on_epoch: Callable[[int, DSKD], None] | None) -> str:
+    """Epochs until the run's budget or its stopping rule ends them, each checkpointed; says why they ended."""
+    epochs = tqdm(range(state.start_epoch, cfg.epoch_budget + 1), desc=f"train {cfg.model.variant}{_fold_words(cfg)}",
+                  disable=quiet, initial=state.start_epoch - 1, total=cfg.epoch_budget, unit="epoch")
+    for epoch in epochs:
+        if cfg.max_epochs and _stop_reason(cfg, state.rows):
+            break  # a resumed run that had already stopped
+        row = _epoch(cfg, state, data, device, epoch, quiet)
+        if data.held_out is not None:
+            t0 = time.perf_counter()
+            losses = held_out_loss(state.model, data.held_out, data.held_out_teacher, device, cfg.batch_size * 2,
+                                   cfg.precision)
+            row.update({f"held_out_{k}": round(v, 6) for k, v in losses.items()},
+                       held_out_seconds=round(time.perf_counter() - t0, 3))
+        state.rows.append(row)
+        epochs.set_postfix(loss=f"{row['loss_total']:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                           **({"held_out": f"{row['held_out_total']:.4f}"} if "held_out_total" in row else {}))
+        save_checkpoint(run.checkpoint, state.checkpoint(cfg, epoch))
+        write_log(run.path / "train_log.csv", state.rows)
+        if on_epoch is not None:
+            on_epoch(epoch, state.model)
+    epochs.close()
+    why = _stop_reason(cfg, state.rows) if cfg.max_epochs else f"trained the {cfg.epochs} epochs asked for"
+    log.info("%s%s: training stopped after epoch %d: %s", run.path, _fold_words(cfg), len(state.rows), why)
+    return why
+
+
+def _stop_reason(cfg: RunConfig, rows: list[dict[str, Any]]) -> str | None:
+    return stop_reason([r["held_out_total"] for r in rows], cfg.stop_patience, cfg.stop_min_improvement,
+                       cfg.max_epochs)
 
 
 def _epoch(cfg: RunConfig, state: _Training, data: TrainingData, device: torch.device, epoch: int,
@@ -173,7 +196,8 @@ def _epoch(cfg: RunConfig, state: _Training, data: TrainingData, device: torch.d
     steps = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=quiet, unit="step")
     for i, idx in enumerate(steps):
         if cfg.lr_schedule == "cosine":
-            set_cosine_lr(state.optims, state.recipes, ((epoch - 1) * len(batches) + i) / (cfg.epochs * len(batches)))
+            set_cosine_lr(state.optims, state.recipes,
+                          ((epoch - 1) * len(batches) + i) / (cfg.epoch_budget * len(batches)))
         with autocast(device, cfg.precision):
             teacher = None if data.teacher is None else [t[idx].to(device) for t in data.teacher]
             losses = model.loss(to_input(images[idx], device), teacher)
@@ -200,31 +224,6 @@ def _step(state: _Training, loss: torch.Tensor) -> None:
     for opt in state.optims.values():
         state.scaler.step(opt)
     state.scaler.update()
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: DSKD, images: torch.Tensor, device: torch.device, batch_size: int,
-                          precision: str = "float32") -> None:
-    """Replace the students' BatchNorm running statistics by averages over `images` under the final weights.
-
-    One pass without gradients, every student norm in training mode (as SWA's update_bn), in batches of
-    `batch_size` as in training. Re-estimating Se's norms first and then Sd's gave the same maps, for twice the time.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad]
-    model.eval()
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-        m.train()
-    for i in range(0, len(images), batch_size):
-        x = to_input(images[i: i + batch_size], device)
-        if len(x) > 1:
-            with autocast(device, precision):
-                model(x)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
 
 
 def _fold_words(cfg: RunConfig) -> str:

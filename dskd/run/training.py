@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_json
-from ..data import fold_of, load_dataset
+from ..data import fold_of
 from ..errors import DskdError
 from ..model.backbones import build_teacher
 from ..model.ensemble import FoldEnsemble
@@ -31,6 +31,7 @@ from .folder import (
     resolve_device,
     save_checkpoint,
 )
+from .splits import run_images
 from .trainer import TrainingData, student_state, train_model
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ def _train_folds(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool
     """Cross-fitting: set k trains in `run.member(k)` on every good image but fold k's, all sets on one teacher
     pyramid computed once per image; then one checkpoint holds the K sets, and the decision is set on their
     out-of-fold scores. Each set resumes on its own."""
-    pool = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", cfg.image_size, split_file=cfg.split_file,
-                        fit_mode=cfg.fit_mode, seed=cfg.seed, folds=cfg.folds)
+    pool = run_images(cfg, "train")
     images, _ = preload(pool, desc="loading training images", quiet=quiet)
     which = torch.from_numpy(fold_of(len(pool), cfg.folds, cfg.seed))
     info = provenance(cfg, device, files_fingerprint([s.path for s in pool.samples], Path(cfg.data_root)), len(pool))
@@ -95,14 +95,13 @@ def _train_folds(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool
     for k, member in enumerate(members):
         if not _reusable(member, member.config, resume):
             keep = which != k
-            train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", cfg.image_size,
-                                     split_file=cfg.split_file, fit_mode=cfg.fit_mode, seed=cfg.seed,
-                                     folds=cfg.folds, fold=k)
-            train_model(member.config, member, device, resume, quiet,
-                        TrainingData(train_set, images[keep], None if teacher is None else [t[keep] for t in teacher]))
+            train_model(member.config, member, device, resume, quiet, TrainingData(
+                run_images(member.config, "train"), images[keep], None if teacher is None else
+                [t[keep] for t in teacher], images[~keep], None if teacher is None else [t[~keep] for t in teacher]))
         minutes += member.info()["train_minutes"]
     threshold = _merge(cfg, run, members)
-    info.update(completed=True, train_minutes=round(minutes, 3), image_threshold=threshold)
+    info.update(completed=True, train_minutes=round(minutes, 3), image_threshold=threshold,
+                epochs_trained=[m.info().get("epochs_trained", cfg.epochs) for m in members])
     write_json(run.info_file, info)
     decide_on_folds(run)
     for member in members:  # their weights now live in the run's checkpoint; their logs and decisions stay
@@ -136,7 +135,8 @@ def _merge(cfg: RunConfig, run: RunDir, members: list[RunDir]) -> float:
     for member, ckpt in zip(model.members, checkpoints, strict=True):
         load_students(member, ckpt["model"])
     threshold = sum(float(c["image_threshold"]) for c in checkpoints) / len(checkpoints)
-    save_checkpoint(run.checkpoint, {"schema": CHECKPOINT_SCHEMA, "epoch": cfg.epochs, "model": student_state(model),
+    save_checkpoint(run.checkpoint, {"schema": CHECKPOINT_SCHEMA, "epoch": max(c["epoch"] for c in checkpoints),
+                                     "model": student_state(model),
                                      "log": [], "config": cfg.to_dict(), "image_threshold": threshold,
                                      "map_stats": {"members": [c["map_stats"] for c in checkpoints]},
                                      "train_scores": []})

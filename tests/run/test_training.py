@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_pat
 
 def test_cosine_schedule_runs_from_base_rate_to_zero():
     from dskd.run.config import STFPM_SGD
-    from dskd.run.trainer import set_cosine_lr as _set_cosine_lr
+    from dskd.run.optimizers import set_cosine_lr as _set_cosine_lr
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
     seen = []
@@ -117,7 +117,7 @@ def test_cosine_schedule_runs_from_base_rate_to_zero():
 
 @pytest.mark.parametrize("variant", ["dskd", "sd_only"])
 def test_bn_recalibration_gives_exact_statistics_of_final_weights(variant):
-    from dskd.run.trainer import recalibrate_batchnorm
+    from dskd.run.map_stats import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = dskd.build_model(variant=variant, pretrained=False)
@@ -142,3 +142,45 @@ def test_bn_recalibration_gives_exact_statistics_of_final_weights(variant):
         assert torch.equal(a, b)  # the frozen teacher is never touched
 
 
+
+
+def test_stop_reason_counts_epochs_since_the_last_real_improvement():
+    from dskd.run.stopping import stop_reason
+
+    assert stop_reason([1.0, 0.9, 0.8], 2, 0.01, 10) is None
+    # 0.895 is not 1 % below 0.9: epochs 3 and 4 do not improve, so two epochs without one stop at patience 2
+    assert "for 2 epochs" in stop_reason([1.0, 0.9, 0.895, 0.899], 2, 0.01, 10)
+    # a slow fall counts once it adds up to the tolerance: 0.9 -> 0.895 -> 0.889 is 1.2 % below 0.9
+    assert stop_reason([1.0, 0.9, 0.895, 0.889], 2, 0.01, 10) is None
+    assert "most epochs allowed (4)" in stop_reason([1.0, 0.9, 0.8, 0.7], 2, 0.01, 4)
+
+
+@pytest.mark.slow
+def test_the_stopping_rule_stops_on_the_held_out_loss_and_epochs_stays_exact(data_root, tmp_path):
+    # A tolerance no fall can meet stops the run after `patience` epochs past the first; the log keeps the held-out
+    # loss of each epoch, and --epochs N (which turns the rule off) still trains exactly N, held-out loss logged too.
+    rule = _cfg(data_root, variant="se_only", max_epochs=6, stop_patience=2, stop_min_improvement=0.99,
+                val_fraction=0.25)
+    run = fit(rule, tmp_path / "rule", quiet=True)
+    log = (run.path / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 3 and "held_out_total" in log[0] and "held_out_se" in log[0]
+    info = run.info()
+    assert info["epochs_trained"] == 3 and "not fallen 99.0% below its best" in info["stopped"]
+    assert torch.load(run.checkpoint, weights_only=False)["epoch"] == 3
+    assert "emax6" in rule.run_name()
+
+    fixed = rule.with_overrides(epochs=4)
+    assert fixed.max_epochs == 0 and "-e4-" in fixed.run_name()
+    run = fit(fixed, tmp_path / "fixed", quiet=True)
+    assert run.info()["epochs_trained"] == 4 and len((run.path / "train_log.csv").read_text().splitlines()) == 5
+
+    with pytest.raises(dskd.DskdError, match="needs good images held out"):
+        fit(rule.with_overrides(max_epochs=3, val_fraction=0.0), tmp_path / "none", quiet=True)
+
+
+def test_the_stopping_rule_leaves_earlier_run_names_alone():
+    cfg = profile_config("quick", dataset="mt_defects", category="mt_defects")
+    assert cfg.with_overrides(stop_patience=9).fingerprint() == cfg.fingerprint()  # the rule is off
+    ruled = cfg.with_overrides(max_epochs=40)
+    assert ruled.with_overrides(max_epochs=40, epochs=3).max_epochs == 40
+    assert ruled.fingerprint() != ruled.with_overrides(max_epochs=40, stop_patience=9).fingerprint()
