@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ import pandas as pd
 from benchmarks.common import REPO
 from benchmarks.recall_spread import with_spread
 from dskd import suite
-from dskd.atomic import atomic_write, write_json, write_text
+from dskd.atomic import atomic_write, write_text
 from dskd.data import load_dataset
 from dskd.deploy.export import export
 from dskd.deploy.predictors import openvino_predictor, torch_predictor
@@ -47,10 +45,9 @@ from dskd.repro.experiments import grid_configs
 from dskd.repro.tables import ABSENT, DECISION_MEANING, decision_row, percent, present
 from dskd.repro.task import run_folder
 from dskd.run.batch_maps import preload
-from dskd.run.config import RunConfig
-from dskd.run.deciding import score_folds_again
-from dskd.run.folder import RunDir, load_run, open_run, read_json
+from dskd.run.folder import RunDir, open_run
 from dskd.run.methods import get_method
+from dskd.run.set_decision import with_image_score
 
 DATASETS = ("mt_defects", "mpdd", "mvtec_ad")
 
@@ -86,37 +83,10 @@ def methods(configs: list[str], folds: list[int], share: float = 0.0) -> dict[st
 
 
 def rescored(run: str | Path, share: float, runs_root: Path) -> None:
-    """A trained run's copy whose image score is the mean of its map's largest `share`: its weights linked, never
-    trained again, and its decision set again on the same good images (a cross-fitted run's here, a one-fold run's
-    by its evaluation). A copy left half-made by an interruption is made again."""
+    """A trained run's copy whose image score is the mean of its map's largest `share` (nothing trained again)."""
     source = open_run(run)
     cfg = source.config.with_overrides(score_share=share)
-    target = RunDir(run_folder(cfg, runs_root), cfg)
-    if target.completed:
-        return
-    partial = target.path.with_name(target.path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    results = {"maps.npz", "metrics.json", "decision.json", "run.log", ".worker.pid"}  # the run's own, not its sets'
-    shutil.copytree(source.path, partial, copy_function=_link,
-                    ignore=lambda folder, names: results & set(names) if Path(folder) == source.path else set())
-    for info_file in [partial / "config.json", *partial.glob("folds/*/config.json")]:
-        info = read_json(info_file, "training the run again")
-        own = RunConfig.from_dict(info["config"]).with_overrides(score_share=share)  # a set's has its fold
-        write_json(info_file, {**info, "config": own.to_dict(), "fingerprint": own.fingerprint()})
-    if cfg.ensemble:
-        score_folds_again(load_run(partial, "cpu"))
-    partial.rename(target.path)
-
-
-def _link(src: str, dst: str) -> None:
-    """The checkpoint hard-linked (hundreds of MB, never written again), anything else copied."""
-    if Path(src).name == "checkpoint.pt":
-        try:
-            os.link(src, dst)
-            return
-        except OSError:  # another file system
-            pass
-    shutil.copy2(src, dst)
+    with_image_score(source, run_folder(cfg, runs_root), share)
 
 
 def grid(exp: suite.Experiment, configs: dict[str, dict], only_trained: bool) -> pd.DataFrame:

@@ -53,7 +53,8 @@ def dskd_engines(backbone: str, size: int, work: Path) -> tuple[dict[str, Run], 
     import onnxruntime as ort
 
     import dskd
-    from dskd.deploy.export import STUDENT_NETWORKS, InferenceGraph, export_model
+    from dskd.deploy.export import InferenceGraph, export_model
+    from dskd.deploy.int8 import STUDENT_NETWORKS
 
     model = dskd.build_model(backbone, "dskd", pretrained=False).eval().for_inference()
     graph = InferenceGraph(model)

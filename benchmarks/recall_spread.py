@@ -16,8 +16,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from dskd.decision import Decision, false_alarm_threshold
 from dskd.run import archive
-from dskd.run.decision import Decision, false_alarm_threshold
 from dskd.run.folder import open_run
 from dskd.run.metrics import roc_curve
 
@@ -34,8 +34,9 @@ def oracle_recall(saved: archive.SavedMaps, *false_alarm_rates: float) -> list[f
 def redrawn(decision: Decision, rng: np.random.Generator) -> Decision:
     """The decision set by its own rule on a bootstrap draw of its calibration scores (a cross-fitted one's, each
     fold's drawn from that fold)."""
-    if decision.fold_scores:
-        return replace(decision, fold_scores=[np.sort(rng.choice(f, len(f))).tolist() for f in decision.fold_scores])
+    if decision.out_of_fold_scores:
+        return replace(decision, out_of_fold_scores=[np.sort(rng.choice(f, len(f))).tolist()
+                                                     for f in decision.out_of_fold_scores])
     drawn = rng.choice(np.asarray(decision.calibration_scores), decision.n_images)
     return replace(decision, threshold=false_alarm_threshold(drawn, decision.target_false_alarm)[0])
 
@@ -43,7 +44,7 @@ def redrawn(decision: Decision, rng: np.random.Generator) -> Decision:
 def recall_over_draws(saved: archive.SavedMaps, decision: Decision, draws: int = DRAWS, seed: int = 0) -> np.ndarray:
     """The test split's recall at the decision set again on `draws` draws of its good images."""
     rng, bad = np.random.default_rng(seed), saved.labels == 1
-    return np.array([redrawn(decision, rng).flags(saved.scores, saved.member_scores)[bad].mean()
+    return np.array([redrawn(decision, rng).flags(saved.scores, saved.set_scores)[bad].mean()
                      for _ in range(draws)])
 
 

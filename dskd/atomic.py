@@ -1,6 +1,7 @@
 """Atomic writes: every artifact is written to a temporary file beside its target, then renamed over it,
 so a crash, a kill or a full disk never leaves a half-written checkpoint, table or metrics file; a write the system
-refuses (no space, read-only, quota) is one line naming the folder, its free space and how far the write got."""
+refuses (no space, read-only, quota) is one line naming the folder, its free space and how far the write got. A JSON
+artifact that cannot be read back is one line too, naming the file and the remedy."""
 
 from __future__ import annotations
 
@@ -81,3 +82,11 @@ def write_text(path: Path | str, text: str) -> Path:
 
 def write_json(path: Path | str, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON artifact; one line naming the file and `remedy` when it is missing, unreadable or corrupt."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DskdError(f"{path} is unreadable or corrupt ({type(exc).__name__}); fix it by {remedy}") from exc

@@ -17,7 +17,7 @@ from .deploy.predictors import ENGINES, FORMATS
 from .errors import DskdError, os_problem
 from .run.config import DEVICES, RunConfig
 from .run.profiles import PROFILES, profile_config
-from .settings import checked_flag, field_named
+from .settings import checked_flag, field_named, flag_names
 
 log = logging.getLogger("dskd")
 
@@ -88,9 +88,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--model", help="an exported .onnx or OpenVINO .xml file, rewritten in place (no PyTorch)")
     c.add_argument("--engine", choices=ENGINES, help="default: torch for --run, else by the file's suffix")
     c.add_argument("inputs", nargs="+", metavar="GOOD_DIR", help="folders (or files) of good images from the line")
-    c.add_argument("--max-false-alarm", type=checked_flag(field_named(RunConfig, "max_false_alarm"), float, float,
-                                                          "max_false_alarm"),
-                   help="target false-alarm rate (default: the current decision's)")
+    target = field_named(RunConfig, "target_false_alarm")
+    c.add_argument(*flag_names(target.name, target), dest="target_false_alarm",
+                   type=checked_flag(target, float, float, target.name),
+                   help="the false-alarm target (default: the current decision's)")
     c.add_argument("--device", default="auto", choices=DEVICES)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -186,7 +187,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from .deploy.calibration import calibrate
 
     d = calibrate(args.inputs, run=args.run, model=args.model, engine=args.engine, device=args.device,
-                  max_false_alarm=args.max_false_alarm, quiet=args.quiet)
+                  target_false_alarm=args.target_false_alarm, quiet=args.quiet)
     print(f"{d.decides_by()} on {d.source}: it {d.promise()}")
     if d.note:
         print(f"note: {d.note}")

@@ -12,7 +12,7 @@ from typing import Any
 from .model.config import ModelConfig
 from .run.config import OptimConfig, RunConfig
 from .run.profiles import BY_DATASET, PROFILES, profile_config
-from .settings import checked_flag, choices_of, flag_type
+from .settings import checked_flag, choices_of, flag_names, flag_type
 
 NESTED_PREFIX = {"model": "", "se_optim": "se_optim_", "sd_optim": "sd_optim_"}
 
@@ -49,14 +49,15 @@ def add_setting_flags(parser: argparse.ArgumentParser, profile: str) -> None:
     for name, f, owner in setting_fields():
         default = _current(shown, name) if PROFILES[profile].get(name) != BY_DATASET else _by_dataset(name)
         kind, nargs = flag_type(typing.get_type_hints(owner)[f.name], default)
-        flag = "--" + name.replace("_", "-")
+        flags = flag_names(name, f)
         help_text = f"{f.metadata.get('help', '')} ({profile}: {default})".replace("%", "%%")
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=checked_flag(f, typing.get_type_hints(owner)[f.name], kind, name),
-                                nargs=nargs, choices=choices_of(f), default=None,
-                                metavar=None if choices_of(f) else name.upper(), help=help_text)
+            hint = typing.get_type_hints(owner)[f.name]
+            parser.add_argument(*flags, dest=name, type=checked_flag(f, hint, kind, name), nargs=nargs,
+                                choices=choices_of(f), default=None, help=help_text,
+                                metavar=None if choices_of(f) else name.upper())
 
 
 def profile_in(argv: list[str]) -> str:

@@ -22,13 +22,14 @@ REQUIRED: Any = object()  # the default of a field that has none: a stored recor
 def setting(default: Any = None, help: str = "", choices: Sequence | Callable[[], Sequence] | None = None, *,
             factory: Callable[[], Any] | None = None, cli: bool = True, at_least: float | None = None,
             above: float | None = None, at_most: float | None = None, below: float | None = None,
-            multiple_of: int | None = None, why: str = "") -> Any:
+            multiple_of: int | None = None, why: str = "", former: str | None = None) -> Any:
     """A dataclass field that describes itself: its help line, its allowed values (`choices`) or its range
     (`at_least` / `above` / `at_most` / `below`, `multiple_of`, and `why` the range is what it is) travel in its
-    metadata. Numbers must be finite. `default=REQUIRED`: no default, and a record without it is refused."""
+    metadata. Numbers must be finite. `default=REQUIRED`: no default, and a record without it is refused. `former`:
+    the field's earlier name, still read from stored records and accepted as a flag."""
     meta = {"help": help, "choices": choices, "cli": cli, "at_least": at_least, "above": above,
             "at_most": at_most, "below": below, "multiple_of": multiple_of, "why": why,
-            "required": default is REQUIRED}
+            "required": default is REQUIRED, "former": former}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     if default is REQUIRED:
@@ -91,6 +92,12 @@ def check_value(f: Field, value: Any, annotation: Any, name: str | None = None) 
     allowed = choices_of(f)
     if allowed is not None and value not in allowed:
         raise DskdError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def flag_names(name: str, f: Field) -> list[str]:
+    """A setting's command-line flag, and its former name's."""
+    former = f.metadata.get("former")
+    return ["--" + name.replace("_", "-")] + ([f"--{former.replace('_', '-')}"] if former else [])
 
 
 def field_named(cls: type, name: str) -> Field:

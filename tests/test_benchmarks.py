@@ -202,24 +202,24 @@ def test_decisions_benchmark_tabulates_each_run_and_its_oracle_recall(tmp_path, 
 def _rescored_runs_share_weights_and_score_again(runs_root):
     """A re-scored copy links its original's weights; scoring the folds again by the original's own score gives back
     the out-of-fold scores training recorded, and by the share other ones."""
-    from dskd.run.deciding import score_folds_again
     from dskd.run.folder import load_run, open_run
+    from dskd.run.set_decision import score_folds_again
 
     crossed = sorted(p for p in runs_root.iterdir() if p.is_dir() and "-k2-" in p.name)
     assert len(crossed) == 2
     runs = {open_run(p).config.model.score_share: p for p in crossed}
     original, share = runs[0.0], runs[0.05]
     assert (original / "checkpoint.pt").stat().st_ino == (share / "checkpoint.pt").stat().st_ino
-    recorded = json.loads((original / "decision.json").read_text())["fold_scores"]
-    again = score_folds_again(load_run(original, "cpu")).fold_scores
-    shared = json.loads((share / "decision.json").read_text())["fold_scores"]
+    recorded = json.loads((original / "decision.json").read_text())["out_of_fold_scores"]
+    again = score_folds_again(load_run(original, "cpu")).out_of_fold_scores
+    shared = json.loads((share / "decision.json").read_text())["out_of_fold_scores"]
     for fold, by_max, by_share in zip(recorded, again, shared, strict=True):
         assert by_max == pytest.approx(fold, rel=1e-5) and by_share != pytest.approx(fold, rel=1e-3)
 
 
 def _decided_by_draws(labels, scores, decision, members=None):
     saved = replace(tiny_saved_maps(), labels=np.asarray(labels), scores=np.asarray(scores, np.float32),
-                    member_scores=members)
+                    set_scores=members)
     return recall_spread.recall_over_draws(saved, decision, draws=300)
 
 
@@ -227,17 +227,18 @@ def test_recall_over_draws_moves_only_where_the_draw_moves_the_threshold():
     """A decision set again on draws of its good images: defects far above every calibration score are found in every
     draw; defects among the calibration tail are found in some draws and not others; a fold whose scores are all equal
     gives the same decision in every draw, since each fold is drawn from itself."""
-    from dskd.run.decision import from_folds, from_good_images
+    from dskd.decision import Decision
 
     good = np.linspace(0.0, 1.0, 200)
     labels = [0] * 5 + [1] * 10
-    decision = from_good_images(good, np.zeros(1), 0.01, "test", announce=False)
+    decision = Decision.on_good_images(scores=good, pixels=np.zeros(1), target=0.01, source="test", announce=False)
     far = _decided_by_draws(labels, [0.5] * 5 + [5.0] * 10, decision)
     assert (far == 1).all()
     near = _decided_by_draws(labels, [0.5] * 5 + list(np.linspace(0.95, 1.0, 10)), decision)
     assert near.min() < near.max()
     assert recall_spread.expected_range(near) > 0 and recall_spread.expected_range(far) == 0
-    folds = from_folds([[0.2] * 100, [0.3] * 100], 0.0, 0.01, "test")
+    folds = Decision.cross_conformal(out_of_fold_scores=[[0.2] * 100, [0.3] * 100], pixel_threshold=0.0, target=0.01,
+                                     source="test")
     members = np.array([[0.1, 0.1]] * 5 + [[0.25, 0.25]] * 5 + [[0.25, 0.35]] * 5)
     steady = _decided_by_draws(labels, np.zeros(15), folds, members)
     assert (steady == 0.5).all()  # the five above both folds' scores; the five above fold 0's only stay below

@@ -199,6 +199,7 @@ BAD_INPUTS = [
     ["nothing"], ["train", "--out", "{t}/a", "--fit-mode", "crop"], ["train", "--out", "{t}/a", "--se-optim-name", "x"],
     ["train", "--out", "/proc/dskd/a"], ["predict", "--model", "{t}/none.onnx", "{t}", "--out", "{t}/p"],
     ["train", "--out", "{t}/a", "--val-fraction", "0.7"], ["train", "--out", "{t}/a", "--max-false-alarm", "0"],
+    ["train", "--out", "{t}/a", "--target-false-alarm", "1"],
 ]
 DATA_INPUTS = [["download", "mt_defects", "--root", "/proc/dskd"], ["download", "imagenet", "--root", "{t}"], []]
 

@@ -17,7 +17,7 @@ from PIL import Image
 from dskd import DskdError
 from dskd.cli import build_parser, setting_fields
 from dskd.data.images import read_image, read_mask
-from dskd.run.decision import Decision, from_good_images
+from dskd.decision import Decision
 from dskd.run.profiles import profile_config
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -30,7 +30,7 @@ text_numbers = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_
 
 
 def test_the_fuzzed_flags_are_every_numeric_setting():
-    assert {"seed", "image_size", "sigma", "batch_size", "epochs", "max_false_alarm", "val_fraction"} <= set(NUMERIC)
+    assert {"seed", "image_size", "sigma", "batch_size", "epochs", "target_false_alarm", "val_fraction"} <= set(NUMERIC)
 
 
 @FUZZ
@@ -78,7 +78,8 @@ def test_any_image_file_reads_as_a_picture_or_one_line(tmp_path_factory, a, fmt)
         assert out.ndim == (3 if read is read_image else 2) and out.dtype == (np.uint8 if read is read_image else bool)
 
 
-decisions = from_good_images(np.linspace(0, 1, 30, dtype=np.float32), np.zeros(4, np.float32), 0.01, "x").to_dict()
+decisions = Decision.on_good_images(scores=np.linspace(0, 1, 30, dtype=np.float32), pixels=np.zeros(4, np.float32),
+                                    target=0.01, source="x").to_dict()
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
                                                                                         max_size=3), max_leaves=6)

@@ -1,5 +1,5 @@
 """Calibrate on the line: reset a deployed decision from good images taken on the line, in a run folder (PyTorch)
-or inside an exported ONNX / OpenVINO file (no PyTorch), by the rule training uses (`dskd.run.decision`), with the
+or inside an exported ONNX / OpenVINO file (no PyTorch), by the rule training uses (`dskd.decision`), with the
 same stated bound. The decision it replaces stays in the record (`Decision.previous`); `predict` and `export` use
 the new one from then on."""
 
@@ -11,32 +11,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, write_json
 from ..data.images import content_mask
+from ..decision import Decision
+from ..decision.stored import write_decision, write_file_decision
 from ..errors import DskdError
 from ..run.config import RunConfig
-from ..run.decision import Decision, from_good_images
 from ..settings import check_value, field_named
 from .prediction import collect_images, scored
-from .predictors import decision_metadata, open_predictor
+from .predictors import open_predictor
 
 log = logging.getLogger(__name__)
-TARGET = field_named(RunConfig, "max_false_alarm")  # described once, with its range
+TARGET = field_named(RunConfig, "target_false_alarm")  # described once, with its range
 
 
 def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model: str | Path | None = None,
-              engine: str | None = None, device: str = "auto", max_false_alarm: float | None = None,
+              engine: str | None = None, device: str = "auto", target_false_alarm: float | None = None,
               quiet: bool = True) -> Decision:
     """Set the deployed thresholds of `run` (a run folder) or `model` (an exported file) on the good images in
-    `inputs`, at `max_false_alarm` (default: the target the current decision was set for). Every image must be
+    `inputs`, at `target_false_alarm` (default: the target the current decision was set for). Every image must be
     readable: a calibration set with a hole in it is not the set the user meant."""
-    if model is not None and Path(model).suffix not in (".onnx", ".xml"):
+    if model is not None and Path(model).suffix.lower() not in (".onnx", ".xml"):
         raise DskdError(f"{model}: calibrate works on .onnx and OpenVINO .xml files; for a TorchScript export, "
                         "calibrate its run (--run RUN) and export it again")
     predictor = open_predictor(run, model, engine, device)
     old = predictor.decision
-    rate = max_false_alarm if max_false_alarm is not None else (old.target_false_alarm or 0.01)
-    check_value(TARGET, rate, float)  # the training setting's own range
+    target = target_false_alarm if target_false_alarm is not None else (old.target_false_alarm or 0.01)
+    check_value(TARGET, target, float)  # the training setting's own range
     paths = [p for p, _ in collect_images(inputs)]
     scores, pixels = [], []
     with closing(scored(predictor, paths, "calibrate", quiet)) as outcomes:
@@ -47,8 +47,9 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
             inside = content_mask(image.shape[1], image.shape[0], predictor.image_size, predictor.fit_mode)
             pixels.append(amap[inside])  # padding is not part of the image (pad mode)
     where = ", ".join(str(Path(i)) for i in inputs)
-    decision = from_good_images(np.asarray(scores, np.float32), np.concatenate(pixels), rate,
-                                f"{len(scores)} good images from the line ({where})", rule="line_false_alarm")
+    decision = Decision.on_good_images(scores=np.asarray(scores, np.float32), pixels=np.concatenate(pixels),
+                                       target=target, source=f"{len(scores)} good images from the line ({where})",
+                                       rule="line_false_alarm")
     decision = decision.replacing(old)
     target = _store(decision, run, model)
     log.warning("deployed threshold of %s is now %.4g (was %.4g, %s); %s from now on", target,
@@ -61,44 +62,7 @@ def _store(decision: Decision, run: str | Path | None, model: str | Path | None)
         from ..run.folder import open_run
 
         path = open_run(run).decision_file
-        write_json(path, decision.to_dict())
+        write_decision(path, decision)
         return path
-    path = Path(model)
-    meta = decision_metadata(decision)
-    if path.suffix == ".onnx":
-        _rewrite_onnx(path, meta)
-    else:
-        _rewrite_openvino(path, meta)
-    return path
-
-
-def _rewrite_onnx(path: Path, meta: dict[str, str]) -> None:
-    try:
-        import onnx
-    except ImportError:
-        raise DskdError("calibrating an .onnx file needs the onnx package: pip install onnx") from None
-    proto = onnx.load_model(str(path))
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in meta]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *meta.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False))
-
-
-def _rewrite_openvino(path: Path, meta: dict[str, str]) -> None:
-    """The IR's rt_info rewritten; the weights (.bin) are untouched, so only the .xml is replaced (atomically)."""
-    import xml.etree.ElementTree as ET
-
-    tree = ET.parse(path)
-    info = tree.getroot().find("rt_info")
-    section = None if info is None else info.find("dskd")
-    if section is None:
-        raise DskdError(f"{path}: no dskd metadata in this IR; export it with 'python -m dskd export --run RUN "
-                        "--format openvino'")
-    for key, value in meta.items():
-        entry = section.find(key)
-        if entry is None:
-            entry = ET.SubElement(section, key)
-        entry.set("value", value)
-    atomic_write(path, lambda tmp: tree.write(tmp, encoding="utf-8", xml_declaration=True))
+    write_file_decision(Path(model), decision)
+    return Path(model)

@@ -4,26 +4,18 @@ The graph holds everything from pixels to decision inputs: the teacher's input n
 DF embedding, per-student and per-scale maps, the run's map normalization, fusion, smoothing and the image score
 (BatchNorm folded). Input `images`: float32, N x 3 x S x S, RGB in [0, 1] (NCHW; S is the run's image size); in
 `fit_mode="pad"` also `valid`: bool, N x S x S, True where the input shows the image. Outputs: `map` (N x 1 x S x S),
-`score` (N), a cross-fitted model's `member_scores` (N x K: each student set's, which its decision compares with
+`score` (N), a cross-fitted model's `set_scores` (N x K: each student set's, which its decision compares with
 the folds; one teacher, K student sets in one graph) and, on request, `student_maps` (N x C x S x S, one per
-student). The file carries the run's metadata (`metadata()`),
-so `dskd.deploy.predictors` can predict from it alone, without PyTorch.
-
-`int8=True` (OpenVINO only) quantizes the students and the DF embedding after training with NNCF, calibrated on the
-run's own training images (defect-free by construction, so no test image is seen); `int8_teacher=True` quantizes the
-teacher too. Kept in float: everything outside the networks (the map path: cosine distances, normalization, fusion,
-resampling, score), found from the module scopes torch.onnx records per node. Quantized, the map path clips every
-value above the training images' range, i.e. the defects: MT Defects lost 8.7 points of image AUROC with it, 1.6
-without it when the teacher was still quantized, 0.4 with the teacher in float. Depthwise convolutions stay float
-too (EfficientNet's; quantized, they cost MPDD 1.1 points of AUPRO). Accuracy and speed against FP32:
-results/benchmarks/int8.md and speed_engines.md.
+student). The file carries the run's metadata (`metadata()`; its keys: `dskd.decision.stored.FILE_KEYS`), so
+`dskd.deploy.predictors` can predict from it alone, without PyTorch. `int8=True`: `dskd.deploy.int8`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
+import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -32,51 +24,50 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write, refused
+from ..decision.stored import file_metadata, set_rt_info
 from ..errors import DskdError
-from ..model.ensemble import FoldEnsemble
+from ..model.cross_fitted import CrossFitModel
 from ..model.network import DSKD
 from ..run.folder import LoadedRun, load_run
 from ..version import __version__
-from .predictors import FORMATS, MEMBER_SCORES, decision_metadata
+from .int8 import STUDENT_NETWORKS, network_nodes, quantize, training_images
+from .predictors import FORMATS, SET_SCORES, weights_digest
 
 log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 OPSET = 18
-# InferenceGraph's module paths of what --int8 quantizes (a variant holds some of them)
-STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed", "model.se2", "model.sd2", "model.embed2")
 
 
 class InferenceGraph(nn.Module):
-    """A model from images to (map, score[, member scores][, student maps]), in one traceable forward."""
+    """A model from images to (map, score[, set scores][, student maps]), in one traceable forward."""
 
-    def __init__(self, model: DSKD | FoldEnsemble, student_maps: bool = False, padded: bool = False) -> None:
+    def __init__(self, model: DSKD | CrossFitModel, student_maps: bool = False, padded: bool = False) -> None:
         super().__init__()
         self.model, self.student_maps, self.padded = model.float(), student_maps, padded
-        self.members = isinstance(model, FoldEnsemble)
+        self.cross_fitted = isinstance(model, CrossFitModel)
         self.eval()
 
     def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None):
         out = self.model.anomaly_map(images, valid=valid if self.padded else None, keep_students=self.student_maps)
-        members = (out.member_scores,) if self.members else ()
+        per_set = (out.set_scores,) if self.cross_fitted else ()
         if not self.student_maps:
-            return out.map, out.score, *members
-        return out.map, out.score, *members, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
+            return out.map, out.score, *per_set
+        return out.map, out.score, *per_set, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
 
 
 def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str, str]:
     cfg = loaded.run.config
-    decision = loaded.decision()
-    return {"dskd_version": __version__, "fingerprint": cfg.fingerprint(), "run_name": loaded.run.path.name,
-            "image_size": str(image_size), "fit_mode": cfg.fit_mode,
-            "batch": "dynamic" if batch is None else str(batch), "precision": "fp32",
-            **decision_metadata(decision), "students": ",".join(loaded.model.students),
-            "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
-                "; valid: bool N x S x S" if cfg.fit_mode == "pad" else "")}
+    return file_metadata(loaded.decision(), dskd_version=__version__, fingerprint=cfg.fingerprint(),
+                         run_name=loaded.run.path.name, image_size=str(image_size), fit_mode=cfg.fit_mode,
+                         batch="dynamic" if batch is None else str(batch), precision="fp32",
+                         students=",".join(loaded.model.students),
+                         input_layout="images: float32 N x 3 x S x S, RGB in [0, 1]" + (
+                             "; valid: bool N x S x S" if cfg.fit_mode == "pad" else ""))
 
 
 def _names(graph: InferenceGraph) -> tuple[list[str], list[str]]:
     inputs = ["images", "valid"] if graph.padded else ["images"]
-    return inputs, ["map", "score"] + ([MEMBER_SCORES] if graph.members else []) + (
+    return inputs, ["map", "score"] + ([SET_SCORES] if graph.cross_fitted else []) + (
         ["student_maps"] if graph.student_maps else [])
 
 
@@ -118,7 +109,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     if int8_teacher and not int8:
         raise DskdError("--int8-teacher quantizes the teacher as well: it needs --int8")
     loaded = load_run(run_dir, "cpu")
-    if int8 and loaded.run.config.ensemble:
+    if int8 and loaded.run.config.cross_fitted:
         raise DskdError(f"--int8 does not quantize a cross-fitted run ({loaded.run.config.folds} student sets) yet; "
                         "export it in FP32")
     size = image_size or loaded.run.config.image_size
@@ -128,8 +119,9 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     calibration, quantized = None, present + (("model.teacher",) if int8_teacher else ())
     if int8:
         calibration = training_images(loaded, size, calibration_images)
-        meta.update(precision="int8", calibration=f"{len(calibration[0])} training images of the run (NNCF)",
-                    int8_networks=", ".join(m.removeprefix("model.") for m in quantized))
+        meta = file_metadata(None, **{**meta, "precision": "int8", "int8_networks": ", ".join(
+            m.removeprefix("model.") for m in quantized), "calibration": f"{len(calibration[0])} training images of "
+            "the run (NNCF)"})
         log.warning("INT8 changes the maps: measure it on this run's test split before deploying it "
                     "(python -m benchmarks.int8; see results/benchmarks/int8.md for what it cost there)")
     export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch, student_maps=student_maps,
@@ -138,27 +130,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     return target
 
 
-def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Up to `limit` of the run's training images, evenly spaced over its list: float32 N x 3 x S x S in [0, 1]
-    and, in pad mode, their valid masks."""
-    from ..data import load_dataset
-    from ..run.batch_maps import preload, valid_tensor
-
-    if limit < 1:
-        raise DskdError(f"--calibration-images must be at least 1, not {limit}")
-    cfg = loaded.run.config
-    try:
-        train_set = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "train", size, require_masks=False,
-                                 split_file=cfg.split_file, fit_mode=cfg.fit_mode)
-    except DskdError as exc:
-        raise DskdError(f"--int8 calibrates on the run's training images, which could not be loaded: {exc}") from exc
-    images, _ = preload(train_set, desc="calibration images")
-    pick = np.unique(np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int))
-    valid = valid_tensor(train_set)
-    return images[pick].float().div_(255.0).numpy(), None if valid is None else valid[pick].numpy()
-
-
-def export_model(model: DSKD | FoldEnsemble, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
+def export_model(model: DSKD | CrossFitModel, fmt: str, target: Path, meta: dict[str, str], *, image_size: int,
                  batch: int | None = None, student_maps: bool = False, padded: bool = False,
                  calibration: tuple[np.ndarray, np.ndarray | None] | None = None,
                  quantized: tuple[str, ...] = STUDENT_NETWORKS) -> Path:
@@ -202,6 +174,7 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
             ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         except RuntimeError as exc:  # OpenVINO reports a full disk or a read-only folder as its own error
             raise refused(target, exc) from exc
+        _seal(tmp_xml)
         tmp_xml.with_suffix(".bin").replace(target.with_suffix(".bin"))
         tmp_xml.replace(target)
     except OSError as exc:  # the intermediate ONNX file
@@ -211,38 +184,15 @@ def _to_openvino(graph: InferenceGraph, example: tuple, target: Path, batch: int
             leftover.unlink(missing_ok=True)
 
 
-def network_nodes(proto, modules: tuple[str, ...]) -> set[str]:
-    """Names of the ONNX nodes inside `modules` (InferenceGraph paths, e.g. "model.se"), read from the module
-    scopes torch.onnx records on every node."""
-    inside = set()
-    for node in proto.graph.node:
-        entry = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-        if entry and any(".".join(sc.split(".")[:2]) in modules for sc in ast.literal_eval(entry)):
-            inside.add(node.name)
-    if not inside:
-        raise DskdError("--int8: this torch.onnx records no module scopes, so the networks cannot be told from the map "
-                        "path; export without --int8")
-    return inside
+def _seal(xml: Path) -> None:
+    """Record the weights' digest in the .xml and flush both to disk before either replaces a file: a crash
+    between the two renames leaves a pair that `openvino_predictor` refuses, never one it reads."""
+    tree = ET.parse(xml)
+    digest = weights_digest(xml.with_suffix(".bin"))
+    set_rt_info(tree.getroot().find("rt_info").find("dskd"), {"weights_sha256": digest})
+    tree.write(xml, encoding="utf-8", xml_declaration=True)
+    for part in (xml, xml.with_suffix(".bin")):
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
 
 
-def quantize(model, calibration: tuple[np.ndarray, np.ndarray | None], batch: int | None, inside: set[str]):
-    """NNCF post-training quantization of the ops of an OpenVINO model converted from the ONNX nodes in `inside`
-    (OpenVINO names an op after its node, or node/part when one node became several; an op named otherwise stays
-    float), depthwise convolutions excepted. The slower, full bias correction kept MPDD's AUPRO 0.06 point closer
-    to FP32 than the fast one."""
-    try:
-        import nncf
-    except ImportError as exc:
-        raise DskdError("--int8 needs NNCF: pip install nncf (with this machine's torch kept as a constraint)") from exc
-    images, valid = calibration
-    step = batch or 1
-    items = [{"images": images[i: i + step], **({} if valid is None else {"valid": valid[i: i + step]})}
-             for i in range(0, len(images) - step + 1, step)]
-    if not items:
-        raise DskdError(f"--int8 with --batch {batch} needs at least {batch} training images, found {len(images)}")
-    names = [op.get_friendly_name() for op in model.get_ordered_ops()
-             if op.get_friendly_name().split("/")[0] not in inside]
-    ignored = nncf.IgnoredScope(names=names, types=["GroupConvolution"], validate=False)
-    nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines would bury the CLI's output
-    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored,
-                         fast_bias_correction=False)

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from ..atomic import WriteError, atomic_write
 from ..data.images import IMAGE_EXTS, content_mask, fit_to_square, read_image
+from ..decision import excess_flags
 from ..errors import DskdError
-from ..run.decision import excess_flags
 from ..stats import SHIFT_LEVEL
 from . import overlay
 from .predictors import Predictor, open_predictor
@@ -60,8 +60,8 @@ def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarra
     size, mode = predictor.image_size, predictor.fit_mode
     x = fit_to_square(original, size, Image.BILINEAR, mode).transpose(2, 0, 1)[None]
     valid = content_mask(original.shape[1], original.shape[0], size, mode)[None] if mode == "pad" else None
-    maps, scores, members = predictor.infer(np.ascontiguousarray(x), valid)
-    return maps[0], float(scores[0]), None if members is None else members[0]
+    maps, scores, set_scores = predictor.infer(np.ascontiguousarray(x), valid)
+    return maps[0], float(scores[0]), None if set_scores is None else set_scores[0]
 
 
 def scored(predictor: Predictor, paths: list[Path], desc: str, quiet: bool
@@ -106,7 +106,7 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
             strict: bool = False) -> list[dict[str, Any]]:
     """Overlays and `scores.csv` for a user's own images, from a run folder (PyTorch) or an exported `model` file.
 
-    The decision is the run's deployed one (`dskd.run.decision`: set on good images, never on test labels; stored
+    The decision is the run's deployed one (`dskd.decision`: set on good images, never on test labels; stored
     in the run and in exported files): `score >= threshold`, or a cross-fitted model's p-value at most the target.
     An unreadable image is skipped with a warning and listed in `scores.csv` with its error (with `strict`, it
     stops the prediction). When the share flagged is clearly above what the decision promises for good images, one
@@ -133,7 +133,7 @@ def _predict_all(predictor: Predictor, named: list[tuple[Path, Path]], out: Path
                  quiet: bool) -> None:
     """Each image's overlay written and its row added, in order."""
     with closing(scored(predictor, [p for p, _ in named], "predict", quiet)) as outcomes:
-        for (_, name), (path, original, amap, score, members) in zip(named, outcomes, strict=True):
+        for (_, name), (path, original, amap, score, set_scores) in zip(named, outcomes, strict=True):
             if isinstance(score, DskdError):
                 if strict:
                     raise score
@@ -142,7 +142,7 @@ def _predict_all(predictor: Predictor, named: list[tuple[Path, Path]], out: Path
                            "p_value": "", "overlay": "", "error": str(score)})
                 continue
             decision = predictor.decision
-            ranked = None if members is None or not decision.fold_scores else members[None]
+            ranked = None if set_scores is None or not decision.out_of_fold_scores else set_scores[None]
             defective = bool(decision.flags(np.array([score]), ranked)[0])
             p = None if ranked is None else float(decision.p_values(ranked)[0])
             picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score,

@@ -3,22 +3,24 @@ through ONNX Runtime or OpenVINO. The exported engines need NumPy, Pillow and th
 
 from __future__ import annotations
 
-import json
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..decision import Decision
+from ..decision.stored import from_metadata, openvino_metadata
 from ..errors import DskdError
-from ..run.decision import Decision
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 FORMATS = ("onnx", "openvino", "torchscript")  # what `dskd.deploy.export` writes
 # OpenVINO CPU settings that keep a model in FP32 as exported: on CPUs with native bfloat16 OpenVINO would otherwise
 # lower the precision (maps 1e-2 off, here).
 OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
-MEMBER_SCORES = "member_scores"  # a cross-fitted model's output: each student set's score (N x K)
+SET_SCORES = "set_scores"  # a cross-fitted model's output: each student set's score (N x K)
+OLD_SET_SCORES = "member_scores"  # its name in files exported before 2026-12-07
 Infer = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray, "np.ndarray | None"]]
 
 
@@ -46,26 +48,8 @@ class Predictor:
 
     @classmethod
     def from_metadata(cls, infer: Infer, meta: dict[str, str], source: str, kind: str) -> Predictor:
-        missing = [k for k in ("image_size", "fit_mode", "threshold") if k not in meta]
-        if missing:
-            raise DskdError(f"{source} lacks dskd metadata ({', '.join(missing)}); export it with "
-                            "'python -m dskd export --run RUN'")
-        try:
-            stored = json.loads(meta["decision"]) if "decision" in meta else {
-                "threshold": float(meta["threshold"]), "rule": meta.get("threshold_rule", "val_false_alarm"),
-                "pixel_threshold": float(meta.get("pixel_threshold", meta["threshold"])),
-                "source": "the exported file's metadata", "n_images": 0}
-            size = int(meta["image_size"])
-        except ValueError as exc:
-            raise DskdError(f"{source}: its dskd metadata is corrupt ({exc}); export it again") from exc
-        return cls(infer, size, meta["fit_mode"], Decision.from_dict(stored, f"{source} (decision metadata)"),
-                   source, kind)
-
-
-def decision_metadata(decision: Decision) -> dict[str, str]:
-    """The decision as an exported file carries it (read back by `Predictor.from_metadata`)."""
-    return {"threshold": repr(decision.threshold), "threshold_rule": decision.rule,
-            "pixel_threshold": repr(decision.pixel_threshold), "decision": json.dumps(decision.to_dict())}
+        size, fit_mode, decision = from_metadata(meta, source)
+        return cls(infer, size, fit_mode, decision, source, kind)
 
 
 def as_input(images: np.ndarray) -> np.ndarray:
@@ -89,12 +73,12 @@ def onnxruntime_predictor(path: Path) -> Predictor:
     except Exception as exc:  # ONNX Runtime raises its own types for bad files
         raise DskdError(f"{path}: not a readable ONNX model ({type(exc).__name__}); export it again") from exc
     inputs = [i.name for i in runtime.get_inputs()]
-    members = [o.name for o in runtime.get_outputs() if o.name == MEMBER_SCORES]
+    per_set = [o.name for o in runtime.get_outputs() if o.name in (SET_SCORES, OLD_SET_SCORES)]
 
     def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         feed = {"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})}
-        amap, score, *member = runtime.run(["map", "score", *members], feed)
-        return amap[:, 0], score, member[0] if member else None
+        amap, score, *set_scores = runtime.run(["map", "score", *per_set], feed)
+        return amap[:, 0], score, set_scores[0] if set_scores else None
 
     return Predictor.from_metadata(infer, runtime.get_modelmeta().custom_metadata_map, str(path), "onnx")
 
@@ -106,21 +90,34 @@ def openvino_predictor(path: Path) -> Predictor:
         model = core.read_model(str(path))
     except Exception as exc:  # OpenVINO raises RuntimeError for bad files
         raise DskdError(f"{path}: not a readable OpenVINO model ({type(exc).__name__}); export it again") from exc
-    meta = {}
-    for key in ("image_size", "fit_mode", "threshold", "threshold_rule", "pixel_threshold", "decision"):
-        for section in ("dskd", "framework"):  # our IR's own section; an ONNX file's metadata lands in "framework"
-            if key not in meta and model.has_rt_info([section, key]):
-                meta[key] = model.get_rt_info([section, key]).astype(str)
+    meta = openvino_metadata(model)
+    _check_weights(path, meta.get("weights_sha256"))
     compiled = core.compile_model(model, "CPU", OPENVINO_FP32)
     inputs = [p.get_any_name() for p in compiled.inputs]
-    members = MEMBER_SCORES in {name for p in compiled.outputs for name in p.get_names()}
+    names = {name for p in compiled.outputs for name in p.get_names()}
+    per_set = next((n for n in (SET_SCORES, OLD_SET_SCORES) if n in names), None)
 
     def infer(images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         out = compiled({"images": as_input(images), **({"valid": valid} if "valid" in inputs else {})})
         return (out[compiled.output("map")][:, 0], out[compiled.output("score")],
-                out[compiled.output(MEMBER_SCORES)] if members else None)
+                out[compiled.output(per_set)] if per_set else None)
 
     return Predictor.from_metadata(infer, meta, str(path), "openvino")
+
+
+def weights_digest(path: Path) -> str:
+    """SHA-256 of an IR's weights (.bin), which its .xml records so that a pair left mismatched is refused."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_weights(xml: Path, recorded: str | None) -> None:
+    if recorded is not None and weights_digest(xml.with_suffix(".bin")) != recorded:
+        raise DskdError(f"{xml}: its weights ({xml.with_suffix('.bin').name}) are not the ones it was exported with "
+                        "(an export or a copy was cut short); export it again")
 
 
 def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
@@ -137,7 +134,7 @@ def torch_predictor(run_dir: Path, device: str = "auto") -> Predictor:
         v = None if valid is None else torch.from_numpy(valid)
         (_, _, out), = maps_in_batches(loaded.model, x, loaded.device, len(x), loaded.precision, valid=v,
                                        keep_students=False)
-        members = None if out.member_scores is None else out.member_scores.float().cpu().numpy()
+        members = None if out.set_scores is None else out.set_scores.float().cpu().numpy()
         return out.map[:, 0].float().cpu().numpy(), out.score.float().cpu().numpy(), members
 
     cfg = loaded.run.config
@@ -156,7 +153,7 @@ def open_predictor(run: str | Path | None = None, model: str | Path | None = Non
     path = Path(model)
     if not path.is_file():
         raise DskdError(f"{path}: no such model file; export one with 'python -m dskd export --run RUN'")
-    engine = engine or ("openvino" if path.suffix == ".xml" else "onnxruntime")
+    engine = engine or ("openvino" if path.suffix.lower() == ".xml" else "onnxruntime")
     if engine == "torch":
         raise DskdError("--engine torch needs --run RUN_DIR; an exported file runs on onnxruntime or openvino")
     return onnxruntime_predictor(path) if engine == "onnxruntime" else openvino_predictor(path)

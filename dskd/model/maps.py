@@ -38,7 +38,7 @@ class AnomalyOutput:
     score: torch.Tensor  # B
     per_student: dict[str, torch.Tensor]  # name -> B x 1 x H x W, scales fused, smoothed
     per_scale: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B x S x H x W, raw (unsmoothed)
-    member_scores: torch.Tensor | None = None  # B x K: a cross-fitted model's score by each of its student sets
+    set_scores: torch.Tensor | None = None  # B x K: a cross-fitted model's score by each of its student sets
 
 
 def native_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],

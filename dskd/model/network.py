@@ -35,7 +35,7 @@ def check_images(images: torch.Tensor) -> None:
 
 class DSKD(nn.Module):
     def __init__(self, config: ModelConfig, pretrained: bool = True, teacher: nn.Module | None = None) -> None:
-        """`teacher`: a frozen teacher shared with other student sets (`dskd.model.ensemble`), else built here."""
+        """`teacher`: a frozen teacher shared with other student sets (`dskd.model.cross_fitted`), else built here."""
         super().__init__()
         self.config = config.resolved()
         cfg = self.config

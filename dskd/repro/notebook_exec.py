@@ -1,11 +1,13 @@
 """One notebook under papermill, in bounded time: the cell limit and the kernel's start limit go to papermill (nbclient
 enforces them), and a wall-clock limit on the whole process catches what they cannot (a client that stops reading,
-a kernel that never shuts down). The notebook runs in its own folder, as it would in Jupyter. A signal to run_all
-stops every process it started (`stop_everything`)."""
+a kernel that never shuts down). The notebook runs in its own folder, as it would in Jupyter, once more in a fresh
+kernel when it ran past a limit, and not at all when its last run succeeded with the same notebook, package code and
+parameters (`run_notebook`). A signal to run_all stops every process it started (`stop_everything`)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import write_text
+from ..atomic import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
@@ -176,3 +178,48 @@ def _why(log: str) -> str:
     if "DeadKernelError" in log or "Kernel died" in log:
         return KERNEL_DIED
     return "failed"
+
+
+def _stamp(notebook: Path, params: dict) -> str:
+    h = hashlib.sha256(notebook.read_bytes())
+    for src in sorted((REPO / "dskd").rglob("*.py")):
+        h.update(src.read_bytes())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
+                 limits: Limits) -> tuple[str, str, float]:
+    executed = out_dir / "notebooks" / notebook.name
+    stamp_file = executed.with_suffix(".stamp.json")
+    stamp = _stamp(notebook, params)
+    if not force and executed.is_file() and stamp_file.is_file() and \
+            json.loads(stamp_file.read_text()).get("stamp") == stamp:
+        return notebook.stem, "up to date", 0.0
+    if STOP.is_set():
+        return notebook.stem, "not started (run_all was stopped)", 0.0
+    t0 = time.perf_counter()
+    log_file = executed.with_suffix(".log")
+    why = papermill(notebook, executed, params, log_file, limits)
+    retried = why in (TIMED_OUT, KERNEL_DIED)
+    if retried:  # once more, in a fresh kernel; the first attempt's log is kept beside
+        print(f"[{time.strftime('%H:%M:%S')}] {notebook.stem}: {why}; retrying once in a fresh kernel", flush=True)
+        log_file.replace(log_file.with_suffix(".attempt1.log"))
+        first, why = why, papermill(notebook, executed, params, log_file, limits)
+    minutes = (time.perf_counter() - t0) / 60
+    if why is None:
+        portable(executed)
+        write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
+        return notebook.stem, f"ok (retried after: {first})" if retried else "ok", minutes
+    stamp_file.unlink(missing_ok=True)
+    if why == INTERRUPTED:
+        mark_interrupted(executed)
+        return notebook.stem, f"interrupted (partial copy marked as such: {executed.name})", minutes
+    shown = log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file
+    said = f": {last_error(log_file.read_text(errors='replace'))}" if why == "failed" else ""
+    return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''}{said} (see " \
+        f"{shown})", minutes
+
+
+def succeeded(status: str) -> bool:
+    return status.startswith(("ok", "up to date"))

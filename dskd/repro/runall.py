@@ -13,8 +13,6 @@ whose kernel dies is run once more in a fresh kernel, then reported as `timed ou
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import signal
 import sys
@@ -23,7 +21,6 @@ import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..atomic import write_json
 from ..errors import DskdError, os_problem
 from .experiment_config import (
     PROFILE_RULES,
@@ -34,67 +31,17 @@ from .experiment_config import (
     parameter_fields,
 )
 from .notebook_exec import (
-    INTERRUPTED,
-    KERNEL_DIED,
     NOTEBOOKS,
     REPO,
     START_TIMEOUT,
     STOP,
-    TIMED_OUT,
     Limits,
-    last_error,
-    mark_interrupted,
-    papermill,
-    portable,
+    run_notebook,
     stopped_by_signals,
+    succeeded,
 )
 from .results_index import write_index
 from .task import ExecutorConfig
-
-
-def _stamp(notebook: Path, params: dict) -> str:
-    h = hashlib.sha256(notebook.read_bytes())
-    for src in sorted((REPO / "dskd").rglob("*.py")):
-        h.update(src.read_bytes())
-    h.update(json.dumps(params, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def run_notebook(notebook: Path, out_dir: Path, params: dict, force: bool,
-                 limits: Limits) -> tuple[str, str, float]:
-    executed = out_dir / "notebooks" / notebook.name
-    stamp_file = executed.with_suffix(".stamp.json")
-    stamp = _stamp(notebook, params)
-    if not force and executed.is_file() and stamp_file.is_file() and \
-            json.loads(stamp_file.read_text()).get("stamp") == stamp:
-        return notebook.stem, "up to date", 0.0
-    if STOP.is_set():
-        return notebook.stem, "not started (run_all was stopped)", 0.0
-    t0 = time.perf_counter()
-    log_file = executed.with_suffix(".log")
-    why = papermill(notebook, executed, params, log_file, limits)
-    retried = why in (TIMED_OUT, KERNEL_DIED)
-    if retried:  # once more, in a fresh kernel; the first attempt's log is kept beside
-        print(f"[{time.strftime('%H:%M:%S')}] {notebook.stem}: {why}; retrying once in a fresh kernel", flush=True)
-        log_file.replace(log_file.with_suffix(".attempt1.log"))
-        first, why = why, papermill(notebook, executed, params, log_file, limits)
-    minutes = (time.perf_counter() - t0) / 60
-    if why is None:
-        portable(executed)
-        write_json(stamp_file, {"stamp": stamp, "params": params, "minutes": round(minutes, 2)})
-        return notebook.stem, f"ok (retried after: {first})" if retried else "ok", minutes
-    stamp_file.unlink(missing_ok=True)
-    if why == INTERRUPTED:
-        mark_interrupted(executed)
-        return notebook.stem, f"interrupted (partial copy marked as such: {executed.name})", minutes
-    shown = log_file.relative_to(REPO) if log_file.is_relative_to(REPO) else log_file
-    said = f": {last_error(log_file.read_text(errors='replace'))}" if why == "failed" else ""
-    return notebook.stem, f"{why.upper() if why == 'failed' else why}{' twice' if retried else ''}{said} (see " \
-        f"{shown})", minutes
-
-
-def succeeded(status: str) -> bool:
-    return status.startswith(("ok", "up to date"))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ class SavedMaps:
     maps: np.ndarray  # N x S x S float16, fused and smoothed
     paths: list[str]
     defect_types: list[str]
-    threshold: float  # the run's deployed image-score threshold (`dskd.run.decision`)
+    threshold: float  # the run's deployed image-score threshold (`dskd.decision`)
     per_student: dict[str, np.ndarray]  # student -> N x S x S float16, its scales fused and smoothed
     per_scale: dict[str, list[np.ndarray]]  # student -> per scale, N x h x w float32 at the scale's resolution
     norm: np.ndarray  # students x 2 x scales: (location, spread) applied before fusion
@@ -43,7 +43,7 @@ class SavedMaps:
     valid: np.ndarray | None = None  # N x S x S bool, False on padding; None when nothing is padded
     pixel_threshold: float | None = None  # the deployed outline's threshold; None: not recorded
     flagged: np.ndarray | None = None  # N bool: the deployed decision; None (older archives): score >= threshold
-    member_scores: np.ndarray | None = None  # N x K: a cross-fitted model's score by each student set; None: one set
+    set_scores: np.ndarray | None = None  # N x K: a cross-fitted model's score by each student set; None: one set
 
     @property
     def students(self) -> list[str]:
@@ -120,6 +120,6 @@ def load(path: Path | str) -> SavedMaps:
         threshold=float(a["threshold"]), per_student={n: a[f"student_{n}"] for n in students},
         per_scale={n: [a[f"scale{j}_{n}"] for j in range(N_SCALES)] for n in students},
         norm=a["norm"], fusion=json.loads(str(a["fusion"])), valid=a.get("valid"), flagged=a.get("flagged"),
-        member_scores=a.get("member_scores"),
+        set_scores=a.get("set_scores"),
         pixel_threshold=None if np.isnan(a["pixel_threshold"]) else float(a["pixel_threshold"]),
     )

@@ -101,17 +101,17 @@ def all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | None
     cross-fitted model's scores by each student set too (else None)."""
     model, (n, _, s, _) = loaded.model, images.shape
     maps, scores = np.empty((n, s, s), np.float32), np.empty(n, np.float32)
-    members = np.empty((n, loaded.run.config.folds), np.float32) if loaded.run.config.ensemble else None
+    set_scores = np.empty((n, loaded.run.config.folds), np.float32) if loaded.run.config.cross_fitted else None
     per_student = {name: np.empty((n, s, s), np.float16) for name in model.students} if keep else {}
     native: dict[str, list[list[np.ndarray]]] = {name: [] for name in per_student}
     for sl, nat, out in maps_in_batches(model, images, loaded.device, loaded.run.config.batch_size * 2,
                                         loaded.precision, desc="evaluate", quiet=quiet, valid=valid,
                                         keep_students=keep):
         maps[sl], scores[sl] = out.map[:, 0].cpu().numpy(), out.score.cpu().numpy()
-        if members is not None:
-            members[sl] = out.member_scores.cpu().numpy()
+        if set_scores is not None:
+            set_scores[sl] = out.set_scores.cpu().numpy()
         for name in per_student:
             per_student[name][sl] = out.per_student[name][:, 0].cpu().numpy()
             native[name].append([m[:, 0].cpu().numpy() for m in nat[name]])
     per_scale = {k: [np.concatenate(parts) for parts in zip(*v, strict=True)] for k, v in native.items()}
-    return maps, scores, per_student, per_scale, members
+    return maps, scores, per_student, per_scale, set_scores

@@ -91,16 +91,16 @@ class RunConfig:
     val_fraction: float = setting(0.1, "share of the good training images held out, seeded, to set the decision "
                                        "threshold (at least 8 images; never trained on); 0: none, the threshold then "
                                        "comes from the training images", at_least=0, below=0.5)
-    max_false_alarm: float = setting(0.01, "the decision threshold's target false-alarm rate on good images, set on "
-                                           "the validation images (image scores and, for outlines, pixels)",
-                                    above=0, below=1)
+    target_false_alarm: float = setting(0.01, "the false-alarm target: the rate of good images the decision may "
+                                              "flag, set on the held-out images (image scores and, for outlines, "
+                                              "pixels)", above=0, below=1, former="max_false_alarm")
     folds: int = setting(1, "cross-fitting: K student sets on one teacher, each trained on every good image but one "
                             "fold, so that every good image sets the threshold, scored by a set that never saw it "
                             "(docs/deploy.md); 1: one model and the validation split", at_least=1, at_most=10,
                          why="each fold costs one more training; 10 folds already train each set on 90 % of the "
                              "images")
-    fold: int | None = setting(None, "which fold a cross-fitting member leaves out (set by training)", cli=False,
-                               at_least=0)
+    fold: int | None = setting(None, "which fold a cross-fitted run's student set leaves out (set by training)",
+                               cli=False, at_least=0)
     seed: int = setting(0, "random seed (weights, batch order, the validation hold-out and the folds)", at_least=0,
                         at_most=2**32 - 1)
     device: str = setting("auto", "where to train; not part of the run's identity", DEVICES)
@@ -123,7 +123,7 @@ class RunConfig:
         return dataclasses.replace(self, model=self.model.resolved())
 
     @property
-    def ensemble(self) -> bool:
+    def cross_fitted(self) -> bool:
         """A cross-fitted run: K student sets (not one of them, which has its `fold`)."""
         return self.folds > 1 and self.fold is None
 
@@ -146,6 +146,7 @@ class RunConfig:
 
         nested = {"model": ModelConfig, "se_optim": OptimConfig, "sd_optim": OptimConfig}
         d = {**{k[0]: v for k, v in FIELDS_ADDED_LATER.items() if len(k) == 1}, **d}  # what older runs implied
+        d = {FORMER_NAMES.get(k, k): v for k, v in d.items()}
         if "score_topk" in d.get("model", {}):
             model = dict(d["model"])
             count = model.pop("score_topk")
@@ -154,7 +155,8 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """Hash of what determines a run's weights, maps and metrics (map settings too), not of its device."""
-        d = {k: v for k, v in self.with_device("any").to_dict().items() if k not in ("device", "profile", "size_from")}
+        d = {RENAMED_TO.get(k, k): v for k, v in self.with_device("any").to_dict().items()
+             if k not in ("device", "profile", "size_from")}  # a renamed field hashes under its former name
         for (*parents, key), default in FIELDS_ADDED_LATER.items():
             holder = d[parents[0]] if parents else d
             if holder[key] == default:
@@ -208,3 +210,7 @@ class RunConfig:
         model = dataclasses.replace(self.model, **{k: v for k, v in overrides.items() if k in model_keys})
         return dataclasses.replace(self, model=model, **optims,
                                    **{k: v for k, v in overrides.items() if k in run_keys})
+
+
+RENAMED_TO = {f.name: f.metadata["former"] for f in fields(RunConfig) if f.metadata.get("former")}  # today -> former
+FORMER_NAMES = {former: name for name, former in RENAMED_TO.items()}

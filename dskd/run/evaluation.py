@@ -1,4 +1,4 @@
-"""Evaluation: score the test split at the run's deployed decision (`dskd.run.deciding`), which no test label set,
+"""Evaluation: score the test split at the run's deployed decision (`dskd.run.set_decision`), which no test label set,
 and, on request, keep every map (`dskd.run.archive`)."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json
-from ..data import AnomalyDataset, load_dataset
+from ..data import AnomalyDataset
+from ..decision import FALSE_ALARM_RULES, Decision, at_threshold, shift_test
 from ..errors import DskdError
 from . import archive
 from .batch_maps import all_maps, preload, valid_tensor
-from .deciding import decide_on_held_out, from_labelled_folder
-from .decision import FALSE_ALARM_RULES, Decision, at_threshold, shift_test
 from .folder import LoadedRun, RunDir, load_run
 from .metrics import all_metrics, pixel_metrics
+from .set_decision import decide_on_held_out, from_labelled_folder
+from .splits import run_images
 
 log = logging.getLogger(__name__)
 PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")
@@ -39,16 +40,15 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     loaded = load_run(run_dir, device)
     cfg, model = loaded.run.config, loaded.model
     decision = _decision(loaded, threshold_from, data_root, quiet)
-    test_set = load_dataset(cfg.dataset, data_root or cfg.data_root, cfg.category, "test", cfg.image_size,
-                            split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+    test_set = run_images(cfg, "test", data_root)
     images, masks = preload(test_set, desc="loading test images", quiet=quiet)
     valid = valid_tensor(test_set)
-    maps, scores, per_student, per_scale, members = all_maps(loaded, images, valid, save_maps, quiet)
+    maps, scores, per_student, per_scale, set_scores = all_maps(loaded, images, valid, save_maps, quiet)
     labels, valid_np = test_set.labels, None if valid is None else valid.numpy()
     masks_np = masks.numpy() if test_set.has_masks else None
     metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
-    flagged = decision.flags(scores, members)
-    result = {**metrics, **_decided(decision, labels, scores, members, flagged, test_set, loaded),
+    flagged = decision.flags(scores, set_scores)
+    result = {**metrics, **_decided(decision, labels, scores, set_scores, flagged, test_set, loaded),
               "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
               "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
               "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,
@@ -62,7 +62,7 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
             defect_types=list(test_set.defect_types), threshold=decision.threshold,
             pixel_threshold=decision.pixel_threshold, per_student=per_student, per_scale=per_scale,
             norm=model.map_norm_stats.cpu().numpy(), fusion=archive.SavedMaps.fusion_of(cfg.model), valid=valid_np,
-            flagged=flagged, member_scores=members))
+            flagged=flagged, set_scores=set_scores))
     return result
 
 
@@ -71,36 +71,37 @@ def _decision(loaded: LoadedRun, threshold_from: str | Path | None, data_root: s
     """The decision this evaluation uses: the labelled folder's F1-max for this once, or the deployed one (set on
     the held-out images now if the run predates decisions)."""
     if threshold_from is not None:
-        decision = from_labelled_folder(loaded, Path(threshold_from), loaded.run.config.max_false_alarm, quiet)
+        decision = from_labelled_folder(loaded, Path(threshold_from), loaded.run.config.target_false_alarm, quiet)
         log.info("this evaluation decides at %s's F1-max threshold %.4g; the run's deployed decision is unchanged "
                  "(python -m dskd calibrate changes it)", threshold_from, decision.threshold)
         return decision
     return loaded.decision() if loaded.run.decision_file.is_file() else decide_on_held_out(loaded, data_root, quiet)
 
 
-def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, members: np.ndarray | None,
+def _decided(decision: Decision, labels: np.ndarray, scores: np.ndarray, set_scores: np.ndarray | None,
              flagged: np.ndarray, test_set: AnomalyDataset, loaded: LoadedRun) -> dict[str, Any]:
     """The decision, what it promised, and the test split as it decided (`flagged`): counts, rates, intervals, the
     shift test."""
     good = labels == 0
-    shift = _shift(decision, scores[good], None if members is None else members[good], test_set.where,
+    shift = _shift(decision, scores[good], None if set_scores is None else set_scores[good], test_set.where,
                    loaded.run.path)
     return {**at_threshold(labels, flagged, test_set.defect_types, decision.bound_false_alarm),
             "decision_threshold": decision.threshold, "decision_rule": decision.rule,
             "decision_images": decision.n_images, "target_false_alarm": decision.target_false_alarm,
             "expected_false_alarm": decision.expected_false_alarm, "bound_false_alarm": decision.bound_false_alarm,
-            "decision": {k: v for k, v in decision.to_dict().items() if k not in ("calibration_scores", "fold_scores")},
+            "decision": {k: v for k, v in decision.to_dict().items()
+                         if k not in ("calibration_scores", "out_of_fold_scores")},
             "decides_by": decision.decides_by(),
             "score_summary": score_summary(labels, scores, flagged), "shift": shift,
             "shifted": None if shift is None else shift["shifted"],
             "shift_p_value": None if shift is None else shift["p_value"]}
 
 
-def _shift(decision: Decision, good_scores: np.ndarray, members: np.ndarray | None, where: str,
+def _shift(decision: Decision, good_scores: np.ndarray, set_scores: np.ndarray | None, where: str,
            run: Path) -> dict[str, Any] | None:
     """The shift test on the test's good images, said in one warning line when they score higher than the
     calibration images (the promised rate does not hold for them)."""
-    found = shift_test(decision, good_scores, member_scores=members) if decision.rule in FALSE_ALARM_RULES else None
+    found = shift_test(decision, good_scores, set_scores=set_scores) if decision.rule in FALSE_ALARM_RULES else None
     if found and found["shifted"]:
         log.warning("%s: its %d good images score higher than the %d images the threshold was set on (one-sided "
                     "Mann-Whitney U on their conformal p-values, p = %.2g < %g), so the false-alarm rate promised "

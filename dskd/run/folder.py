@@ -1,7 +1,7 @@
 """Run folders: where a run keeps what it produced, how it records where it came from, and how it is loaded.
 
 A run folder holds `config.json` (settings and provenance), `checkpoint.pt` (atomic, written after every
-epoch), `train_log.csv`, `decision.json` (the deployed thresholds, `dskd.run.decision`), `metrics.json` and, on
+epoch), `train_log.csv`, `decision.json` (the deployed decision, `dskd.decision`), `metrics.json` and, on
 request, `maps.npz` (`dskd.run.archive`).
 """
 
@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import pickle
 import platform
@@ -22,14 +21,15 @@ from typing import Any
 
 import torch
 
-from ..atomic import WriteError, atomic_write
+from ..atomic import WriteError, atomic_write, read_json
+from ..decision import Decision
+from ..decision.stored import DECISION_FILE, RUN_REMEDY, read_decision
 from ..errors import DskdError
-from ..model.ensemble import FoldEnsemble
+from ..model.cross_fitted import CrossFitModel
 from ..model.network import DSKD
 from ..settings import type_problem
 from ..version import __version__
 from .config import RunConfig
-from .decision import Decision
 
 RUNS_ROOT = Path("results/runs")
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,7 +54,7 @@ class RunDir:
 
     @property
     def decision_file(self) -> Path:
-        return self.path / "decision.json"
+        return self.path / DECISION_FILE
 
     @property
     def maps_file(self) -> Path:
@@ -70,20 +70,13 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_file, "evaluating the run again")
 
-    def recorded_decision(self, remedy: str) -> Decision:
+    def recorded_decision(self, remedy: str = RUN_REMEDY) -> Decision:
         """The decision in `decision.json`; `remedy` says what to do when it cannot be read."""
-        return Decision.from_dict(read_json(self.decision_file, remedy), str(self.decision_file))
+        return read_decision(self.decision_file, remedy)
 
-    def member(self, k: int) -> RunDir:
+    def student_set(self, k: int) -> RunDir:
         """A cross-fitted run's student set k, trained in its own folder (`folds/<k>`) without fold k."""
         return RunDir(self.path / "folds" / str(k), dataclasses.replace(self.config, fold=k))
-
-
-def read_json(path: Path, remedy: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DskdError(f"{path} is unreadable or corrupt ({type(exc).__name__}); fix it by {remedy}") from exc
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,7 +140,9 @@ def is_teacher_key(key: str) -> bool:
     return key.startswith("teacher.") or ".teacher." in key
 
 
-def load_students(model: DSKD | FoldEnsemble, state: dict[str, torch.Tensor]) -> None:
+def load_students(model: DSKD | CrossFitModel, state: dict[str, torch.Tensor]) -> None:
+    """The students' weights into `model`; a cross-fitted run saved before 2026-12-07 named its sets `members`."""
+    state = {"sets." + k[len("members."):] if k.startswith("members.") else k: v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or not all(map(is_teacher_key, missing)):
         raise DskdError(f"checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -194,7 +189,7 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu", finished: bo
 @dataclass
 class LoadedRun:
     run: RunDir
-    model: DSKD | FoldEnsemble
+    model: DSKD | CrossFitModel
     image_threshold: float  # from the training images: mean + 3 std of their scores
     device: torch.device
 
@@ -203,13 +198,11 @@ class LoadedRun:
         return self.run.config.precision
 
     def decision(self) -> Decision:
-        """The deployed decision set after training (`dskd.run.deciding.decide_on_held_out`) or by `calibrate`; a
-        run from before decisions
-        were recorded gets the training images' mean + 3 std for both thresholds."""
+        """The deployed decision set after training (`dskd.run.set_decision`) or by `calibrate`; a run from before
+        decisions were recorded gets its training images' mean + 3 std for both thresholds."""
         if self.run.decision_file.is_file():
-            return self.run.recorded_decision("calibrating the run again")
-        return Decision(self.image_threshold, self.image_threshold, "train_mean_plus_3std", "the training images",
-                        0, None, None, "a run from before decisions were recorded; evaluate it to set one")
+            return self.run.recorded_decision()
+        return Decision.unrecorded(threshold=self.image_threshold)
 
 
 def open_run(run_dir: str | Path | RunDir) -> RunDir:
@@ -239,7 +232,7 @@ def load_run(run_dir: str | Path | RunDir, device: str = "auto") -> LoadedRun:
     dev = resolve_device(device)
     ckpt = read_checkpoint(run.checkpoint, dev, finished=True)
     cfg = run.config
-    model = FoldEnsemble(cfg.model, cfg.folds) if cfg.ensemble else DSKD(cfg.model, pretrained=True)
+    model = CrossFitModel(cfg.model, cfg.folds) if cfg.cross_fitted else DSKD(cfg.model, pretrained=True)
     model = model.to(dev).eval()
     load_students(model, ckpt["model"])
     return LoadedRun(run, model.for_inference(), float(ckpt["image_threshold"]), dev)

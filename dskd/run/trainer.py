@@ -21,7 +21,6 @@ from ..errors import DskdError
 from ..model.network import DSKD
 from .batch_maps import preload, to_input, valid_tensor
 from .config import OptimConfig, RunConfig
-from .deciding import decide_on_held_out
 from .folder import (
     CHECKPOINT_SCHEMA,
     RunDir,
@@ -36,6 +35,7 @@ from .folder import (
 )
 from .map_stats import fit_map_statistics, recalibrate_batchnorm
 from .optimizers import make_optimizer, set_cosine_lr
+from .set_decision import decide_on_held_out
 from .splits import held_out_or_none, run_images
 from .stopping import held_out_loss, stop_reason
 

@@ -1,5 +1,5 @@
 """Training: `fit(config) -> RunDir`, resumable after any epoch, cached by the hash of its settings; with
-`folds` K >= 2, cross-fitting: K student sets on one teacher (`dskd.model.ensemble`)."""
+`folds` K >= 2, cross-fitting: K student sets on one teacher (`dskd.model.cross_fitted`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from ..atomic import write_json
 from ..data import fold_of
 from ..errors import DskdError
 from ..model.backbones import build_teacher
-from ..model.ensemble import FoldEnsemble
+from ..model.cross_fitted import CrossFitModel
 from .batch_maps import preload, to_input
 from .config import RunConfig
-from .deciding import decide_on_folds
 from .folder import (
     CHECKPOINT_SCHEMA,
     RUNS_ROOT,
@@ -31,6 +30,7 @@ from .folder import (
     resolve_device,
     save_checkpoint,
 )
+from .set_decision import decide_on_folds
 from .splits import run_images
 from .trainer import TrainingData, student_state, train_model
 
@@ -57,7 +57,7 @@ def fit(config: RunConfig, out: str | Path | None = None, *, resume: bool = True
                 from None
         if _reusable(run, cfg, resume):
             return run
-        if cfg.ensemble:
+        if cfg.cross_fitted:
             return _train_folds(cfg, run, device, resume, quiet)
         return train_model(cfg, run, device, resume, quiet)
 
@@ -79,7 +79,7 @@ def _reusable(run: RunDir, cfg: RunConfig, resume: bool) -> bool:
 
 
 def _train_folds(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool, quiet: bool) -> RunDir:
-    """Cross-fitting: set k trains in `run.member(k)` on every good image but fold k's, all sets on one teacher
+    """Cross-fitting: set k trains in `run.student_set(k)` on every good image but fold k's, all sets on one teacher
     pyramid computed once per image; then one checkpoint holds the K sets, and the decision is set on their
     out-of-fold scores. Each set resumes on its own."""
     pool = run_images(cfg, "train")
@@ -91,21 +91,21 @@ def _train_folds(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool
     t0 = time.perf_counter()
     teacher = teacher_pyramids(cfg, images, device, quiet)
     minutes = (time.perf_counter() - t0) / 60
-    members = [run.member(k) for k in range(cfg.folds)]
-    for k, member in enumerate(members):
-        if not _reusable(member, member.config, resume):
+    sets = [run.student_set(k) for k in range(cfg.folds)]
+    for k, student_set in enumerate(sets):
+        if not _reusable(student_set, student_set.config, resume):
             keep = which != k
-            train_model(member.config, member, device, resume, quiet, TrainingData(
-                run_images(member.config, "train"), images[keep], None if teacher is None else
+            train_model(student_set.config, student_set, device, resume, quiet, TrainingData(
+                run_images(student_set.config, "train"), images[keep], None if teacher is None else
                 [t[keep] for t in teacher], images[~keep], None if teacher is None else [t[~keep] for t in teacher]))
-        minutes += member.info()["train_minutes"]
-    threshold = _merge(cfg, run, members)
+        minutes += student_set.info()["train_minutes"]
+    threshold = _merge(cfg, run, sets)
     info.update(completed=True, train_minutes=round(minutes, 3), image_threshold=threshold,
-                epochs_trained=[m.info().get("epochs_trained", cfg.epochs) for m in members])
+                epochs_trained=[s.info().get("epochs_trained", cfg.epochs) for s in sets])
     write_json(run.info_file, info)
     decide_on_folds(run)
-    for member in members:  # their weights now live in the run's checkpoint; their logs and decisions stay
-        member.checkpoint.unlink(missing_ok=True)
+    for student_set in sets:  # their weights now live in the run's checkpoint; their logs and scores stay
+        student_set.checkpoint.unlink(missing_ok=True)
     return run
 
 
@@ -128,16 +128,16 @@ def teacher_pyramids(cfg: RunConfig, images: torch.Tensor, device: torch.device,
     return [torch.cat(level) for level in zip(*parts, strict=True)]
 
 
-def _merge(cfg: RunConfig, run: RunDir, members: list[RunDir]) -> float:
+def _merge(cfg: RunConfig, run: RunDir, sets: list[RunDir]) -> float:
     """The K trained sets in the run's one checkpoint; returns the mean of their training-image thresholds."""
-    model = FoldEnsemble(cfg.model, cfg.folds)
-    checkpoints = [read_checkpoint(m.checkpoint, "cpu", finished=True) for m in members]
-    for member, ckpt in zip(model.members, checkpoints, strict=True):
-        load_students(member, ckpt["model"])
+    model = CrossFitModel(cfg.model, cfg.folds)
+    checkpoints = [read_checkpoint(s.checkpoint, "cpu", finished=True) for s in sets]
+    for student_set, ckpt in zip(model.sets, checkpoints, strict=True):
+        load_students(student_set, ckpt["model"])
     threshold = sum(float(c["image_threshold"]) for c in checkpoints) / len(checkpoints)
     save_checkpoint(run.checkpoint, {"schema": CHECKPOINT_SCHEMA, "epoch": max(c["epoch"] for c in checkpoints),
                                      "model": student_state(model),
                                      "log": [], "config": cfg.to_dict(), "image_threshold": threshold,
-                                     "map_stats": {"members": [c["map_stats"] for c in checkpoints]},
+                                     "map_stats": {"sets": [c["map_stats"] for c in checkpoints]},
                                      "train_scores": []})
     return threshold

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dskd.decision import Decision, excess_flags
 from dskd.deploy.predictors import onnxruntime_predictor, openvino_predictor
-from dskd.run.decision import excess_flags, from_good_images
 
 from ..conftest import REPO
 
@@ -78,7 +78,8 @@ def test_a_batch_flagged_far_above_the_promise_warns(caplog):
     from dskd.deploy.prediction import _check_share
     from dskd.deploy.predictors import Predictor
 
-    d = from_good_images(np.linspace(0, 1, 21, dtype=np.float32), np.zeros(4, np.float32), 0.01, "21 images")
+    d = Decision.on_good_images(scores=np.linspace(0, 1, 21, dtype=np.float32), pixels=np.zeros(4, np.float32),
+                                target=0.01, source="21 images")
     assert excess_flags(d, 3, 40) > 0.1 and excess_flags(d, 20, 40) < 1e-4
     predictor = Predictor(lambda x, v: (x, x), 64, "stretch", d, "runs/r", "run")
     rows = [{"error": "", "decision": "defective" if i < 20 else "good"} for i in range(40)]

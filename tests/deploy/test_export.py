@@ -131,7 +131,8 @@ def test_int8_export_quantizes_the_networks_only_and_keeps_the_maps(data_root, t
     import openvino as ov
 
     from dskd import fit
-    from dskd.deploy.export import STUDENT_NETWORKS, InferenceGraph, _onnx_proto, network_nodes
+    from dskd.deploy.export import InferenceGraph, _onnx_proto
+    from dskd.deploy.int8 import STUDENT_NETWORKS, network_nodes
     from dskd.run.folder import load_run
     from dskd.run.profiles import profile_config
 

@@ -280,18 +280,18 @@ def test_a_new_parameter_is_one_field(monkeypatch, capsys):
     from dskd.settings import setting
 
     extended = dataclasses.make_dataclass(
-        "ExperimentConfig", [("max_false_alarm", float, setting(0.01, "target false-alarm rate on good images"))],
+        "ExperimentConfig", [("target_false_alarm", float, setting(0.01, "the false-alarm target"))],
         bases=(experiment_config.ExperimentConfig,), frozen=True)
     monkeypatch.setattr(experiment_config, "ExperimentConfig", extended)
-    assert "max_false_alarm = 0.01" in experiment_config.parameters_cell()
-    args = runall._parser().parse_args(["--max-false-alarm", "0.05", "--profile", "test"])
+    assert "target_false_alarm = 0.01" in experiment_config.parameters_cell()
+    args = runall._parser().parse_args(["--target-false-alarm", "0.05", "--profile", "test"])
     config = experiment_config.from_parameters(vars(args))
-    assert config.max_false_alarm == 0.05 and config.profile == "test"
+    assert config.target_false_alarm == 0.05 and config.profile == "test"
     told = runall.notebook_params(vars(args), config, REPO / "results" / "test")
-    assert told == {"max_false_alarm": 0.05, "profile": "test", "out_dir": "../results/test"}
+    assert told == {"target_false_alarm": 0.05, "profile": "test", "out_dir": "../results/test"}
     with pytest.raises(SystemExit):
         runall._parser().parse_args(["--help"])
-    assert "--max-false-alarm" in capsys.readouterr().out
+    assert "--target-false-alarm" in capsys.readouterr().out
 
 
 def test_run_all_tells_the_notebooks_paths_they_can_share(tmp_path):

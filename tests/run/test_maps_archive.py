@@ -16,7 +16,7 @@ from ..conftest import tiny_saved_maps
 def test_archive_round_trip(tmp_path, masks):
     saved = tiny_saved_maps(masks=masks)
     saved.pixel_threshold = 0.125 if masks else None
-    saved.member_scores = np.random.default_rng(1).random((4, 3)).astype(np.float32) if masks else None
+    saved.set_scores = np.random.default_rng(1).random((4, 3)).astype(np.float32) if masks else None
     archive.save(tmp_path / "maps.npz", saved)
     back = archive.load(tmp_path)  # a run folder finds its maps.npz
     assert back.fusion == {"scale_fusion": "sum", "student_fusion": "max", "sigma": 2.0, "score_share": 0.0,
@@ -27,9 +27,9 @@ def test_archive_round_trip(tmp_path, masks):
     np.testing.assert_array_equal(back.per_scale["sd"][2], saved.per_scale["sd"][2])
     np.testing.assert_array_equal(back.maps, saved.maps)
     if masks:  # a cross-fitted model's scores by each student set, which its decision compares
-        np.testing.assert_array_equal(back.member_scores, saved.member_scores)
+        np.testing.assert_array_equal(back.set_scores, saved.set_scores)
     else:
-        assert back.member_scores is None
+        assert back.set_scores is None
     assert archive.version(tmp_path / "maps.npz") == archive.VERSION
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dskd.data import VAL_MIN, load_dataset
-from dskd.run.decision import Decision, at_threshold, false_alarm_threshold, from_good_images, shift_test
+from dskd.decision import Decision, at_threshold, false_alarm_threshold, shift_test
 from dskd.run.evaluation import evaluate
 from dskd.run.profiles import profile_config
 from dskd.run.training import fit
@@ -54,7 +54,8 @@ def test_the_bound_holds_with_its_confidence_over_calibration_draws():
     rng = np.random.default_rng(3)
     over = []
     for _ in range(2000):
-        d = from_good_images(rng.random(76, dtype=np.float32), np.zeros(4, np.float32), 0.01, "draw")
+        d = Decision.on_good_images(scores=rng.random(76, dtype=np.float32), pixels=np.zeros(4, np.float32),
+                                    target=0.01, source="draw")
         over.append(1 - d.threshold > d.bound_false_alarm)  # uniform scores: the rate is 1 - threshold
     assert d.expected_false_alarm == pytest.approx(1 / 77) and np.mean(over) == pytest.approx(0.05, abs=0.015)
 
@@ -65,12 +66,14 @@ def test_the_shift_test_keeps_its_level_and_sees_a_shift():
     assert np.mean(same) <= 0.02  # exchangeable good images: at most about the 1 % level
     moved = [rank_sum_p_value((rng.normal(size=21), rng.normal(size=20) + 1.5)) < 0.01 for _ in range(200)]
     assert np.mean(moved) > 0.9
-    d = from_good_images(rng.normal(size=76).astype(np.float32), np.zeros(4, np.float32), 0.01, "76 images")
+    d = Decision.on_good_images(scores=rng.normal(size=76).astype(np.float32), pixels=np.zeros(4, np.float32),
+                                target=0.01, source="76 images")
     assert shift_test(d, rng.normal(size=191) + 1.0)["shifted"] and not shift_test(d, np.array([]))
 
 
 def test_a_decision_file_is_checked_field_by_field():
-    d = from_good_images(np.linspace(0, 1, 30, dtype=np.float32), np.zeros(4, np.float32), 0.01, "30 images")
+    d = Decision.on_good_images(scores=np.linspace(0, 1, 30, dtype=np.float32), pixels=np.zeros(4, np.float32),
+                                target=0.01, source="30 images")
     again = Decision.from_dict(d.to_dict())
     assert again == d and again.calibration_scores == sorted(again.calibration_scores)
     old = Decision.from_dict({"threshold": 3.0, "pixel_threshold": 2.0, "rule": "val_false_alarm", "source": "x",
@@ -86,10 +89,12 @@ def test_a_decision_file_is_checked_field_by_field():
 
 
 def test_a_small_or_degenerate_validation_split_says_what_it_supports(caplog):
-    few = from_good_images(np.linspace(0, 1, 12, dtype=np.float32), np.zeros(10, np.float32), 0.01, "12 images")
+    few = Decision.on_good_images(scores=np.linspace(0, 1, 12, dtype=np.float32), pixels=np.zeros(10, np.float32),
+                                  target=0.01, source="12 images")
     assert few.expected_false_alarm == pytest.approx(1 / 13) and "1/13 = 7.7%" in few.note
     assert "99 good images" in few.note
-    flat = from_good_images(np.full(200, 0.3, np.float32), np.zeros(10, np.float32), 0.01, "200 images")
+    flat = Decision.on_good_images(scores=np.full(200, 0.3, np.float32), pixels=np.zeros(10, np.float32),
+                                   target=0.01, source="200 images")
     assert "all 200 calibration scores are equal" in flat.note and flat.threshold > 0.3
     # the two warnings; whether the INFO lines are captured too depends on the logging level earlier tests left
     assert sum(r.levelno == logging.WARNING and "decision threshold" in r.message for r in caplog.records) == 2

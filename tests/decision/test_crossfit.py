@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from dskd.data import fold_of, load_dataset
+from dskd.decision import Decision, false_alarm_threshold, rank_of
 from dskd.deploy.calibration import calibrate
 from dskd.deploy.export import export
 from dskd.deploy.predictors import onnxruntime_predictor, openvino_predictor, torch_predictor
-from dskd.model.ensemble import FoldEnsemble
+from dskd.model.cross_fitted import CrossFitModel
 from dskd.model.network import DSKD
 from dskd.run.batch_maps import all_maps, preload
-from dskd.run.decision import Decision, false_alarm_threshold, from_folds, rank_of
 from dskd.run.evaluation import evaluate
 from dskd.run.folder import files_fingerprint, load_run
 from dskd.run.profiles import profile_config
@@ -46,19 +46,20 @@ def test_every_good_image_is_scored_by_a_set_that_never_trained_on_it(data_root,
     for k in range(FOLDS):
         trained_on = _paths(data, "train", folds=FOLDS, fold=k)
         assert not set(trained_on) & set(held[k]) and len(trained_on) + len(held[k]) == len(pool)
-        info = json.loads((run.member(k).path / "config.json").read_text())  # what set k recorded training on
+        info = json.loads((run.student_set(k).path / "config.json").read_text())  # what set k recorded training on
         assert info["train_files_fingerprint"] == files_fingerprint(trained_on, data)
         images, _ = preload(load_dataset("mvtec_ad", data, "grid", "val", 64, folds=FOLDS, fold=k), quiet=True)
-        members = all_maps(loaded, images, None, False, True)[4]
-        assert decision.fold_scores[k] == pytest.approx(sorted(members[:, k]), rel=1e-5)  # set k scored fold k
-        assert sorted(members[:, k]) != pytest.approx(sorted(members[:, (k + 1) % FOLDS]), rel=1e-3)
-    assert not run.member(0).checkpoint.exists()  # the sets' weights live in the run's one checkpoint
+        set_scores = all_maps(loaded, images, None, False, True)[4]
+        # set k scored fold k
+        assert decision.out_of_fold_scores[k] == pytest.approx(sorted(set_scores[:, k]), rel=1e-5)
+        assert sorted(set_scores[:, k]) != pytest.approx(sorted(set_scores[:, (k + 1) % FOLDS]), rel=1e-3)
+    assert not run.student_set(0).checkpoint.exists()  # the sets' weights live in the run's one checkpoint
 
     truth = evaluate(run, device="cpu")
     run.decision_file.unlink()  # set again, now beside a permuted test split
     shuffled = evaluate(run, _grid_copy(data_root, tmp_path / "permuted", permute=True), device="cpu")
     assert shuffled["decision"] == {**truth["decision"], "set_at": shuffled["decision"]["set_at"]}
-    assert Decision.from_dict(json.loads(run.decision_file.read_text())).fold_scores == decision.fold_scores
+    assert run.recorded_decision().out_of_fold_scores == decision.out_of_fold_scores
     assert shuffled["image_auroc"] != truth["image_auroc"]
 
     test, _ = preload(load_dataset("mvtec_ad", data, "grid", "test", 64), quiet=True)
@@ -73,7 +74,7 @@ def test_every_good_image_is_scored_by_a_set_that_never_trained_on_it(data_root,
         assert m == pytest.approx(members, abs=1e-4) and (got.decision.flags(s, m) == flags).all()
         # On the line: a plain threshold on the averaged score, set on good images no set trained on.
         line = calibrate([data / "grid" / "test" / "good"], model=path)
-        assert line.rule == "line_false_alarm" and not line.fold_scores
+        assert line.rule == "line_false_alarm" and not line.out_of_fold_scores
         assert line.previous[0]["rule"] == "cross_conformal"
         _, s, m = read(path).infer(test.numpy(), None)
         assert (read(path).decision.flags(s, m) == (s >= line.threshold)).all()
@@ -81,16 +82,16 @@ def test_every_good_image_is_scored_by_a_set_that_never_trained_on_it(data_root,
 
 def test_an_ensemble_holds_one_teacher_and_k_student_sets():
     cfg = profile_config("test").model
-    single, ensemble = DSKD(cfg), FoldEnsemble(cfg, FOLDS)
+    single, ensemble = DSKD(cfg), CrossFitModel(cfg, FOLDS)
     teacher = sum(p.numel() for p in single.teacher.parameters())
     students = sum(p.numel() for p in single.parameters()) - teacher
     assert sum(p.numel() for p in ensemble.parameters()) == teacher + FOLDS * students
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         out = ensemble.eval().anomaly_map(x, keep_students=False)
-        alone = [m.eval().anomaly_map(x, keep_students=False) for m in ensemble.members]
-    assert out.member_scores.shape == (2, FOLDS)
-    assert out.member_scores == pytest.approx(torch.stack([a.score for a in alone], 1), rel=1e-5)
+        alone = [m.eval().anomaly_map(x, keep_students=False) for m in ensemble.sets]
+    assert out.set_scores.shape == (2, FOLDS)
+    assert out.set_scores == pytest.approx(torch.stack([a.score for a in alone], 1), rel=1e-5)
     mean_map = torch.stack([a.map for a in alone]).mean(0)  # sum fusion: the ensemble's map is the sets' mean map
     assert out.map.flatten() == pytest.approx(mean_map.flatten(), rel=1e-4, abs=1e-5)
 
@@ -104,7 +105,7 @@ def test_folds_are_seeded_and_even():
 def test_one_fold_decides_as_its_threshold_does():
     rng = np.random.default_rng(0)
     calibration, new = rng.normal(size=120).astype(np.float32), rng.normal(size=500).astype(np.float32)
-    d = from_folds([calibration], 0.5, 0.02, "one fold")
+    d = Decision.cross_conformal(out_of_fold_scores=[calibration], pixel_threshold=0.5, target=0.02, source="one fold")
     threshold, _ = false_alarm_threshold(calibration, 0.02)
     assert d.threshold == threshold and (d.flags(new, new[:, None]) == (new >= threshold)).all()
 
@@ -117,7 +118,7 @@ def test_cross_conformal_false_alarms_stay_near_the_target():
     scale, offset = rng.uniform(0.5, 2, k), rng.normal(size=k)
     for _ in range(300):
         calibration = [scale[j] * rng.gamma(2, size=n // k) + offset[j] for j in range(k)]
-        d = from_folds(calibration, 0.0, rate, "draw")
+        d = Decision.cross_conformal(out_of_fold_scores=calibration, pixel_threshold=0.0, target=rate, source="draw")
         new = rng.gamma(2, size=400)
         rates.append(d.flags(new, scale * new[:, None] + offset).mean())
     m = rank_of(n, rate)
@@ -159,9 +160,9 @@ def test_a_cross_fitted_run_resumes_set_by_set(data_root, tmp_path, monkeypatch)
     monkeypatch.setattr(engine, "write_log", real)
     set_0 = (tmp_path / "parts" / "folds" / "0" / "train_log.csv").stat().st_mtime_ns
     parts = fit(cfg, tmp_path / "parts", quiet=True)
-    assert (parts.member(0).path / "train_log.csv").stat().st_mtime_ns == set_0
+    assert (parts.student_set(0).path / "train_log.csv").stat().st_mtime_ns == set_0
     a = torch.load(whole.checkpoint, weights_only=False)["model"]
     b = torch.load(parts.checkpoint, weights_only=False)["model"]
-    assert a.keys() == b.keys() and any(k.startswith("members.1.") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("sets.1.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
