@@ -185,3 +185,27 @@ def test_the_decoding_rule_in_the_docs_is_the_code_s():
 
     doc = (REPO / "docs" / "errors.md").read_text()
     assert all(f"> {line}" in doc for line in DECODING.splitlines())
+
+
+def test_results_readme_lists_every_benchmark_file():
+    """`results/benchmarks/` keeps only what something links to, and `results/README.md` names every file there (a
+    folder by its name)."""
+    index = (REPO / "results" / "README.md").read_text()
+    unlisted = [p.name for p in sorted((REPO / "results" / "benchmarks").iterdir())
+                if f"`{p.name}`" not in index and f"`benchmarks/{p.name}`" not in index
+                and f"`benchmarks/{p.name}/`" not in index]
+    assert not unlisted, unlisted
+
+
+def test_the_readme_s_counts_are_the_repository_s():
+    """The front page's counts in prose: its test functions and its notebooks, each one listed by name."""
+    import ast
+
+    readme = (REPO / "README.md").read_text()
+    functions = sum(isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and node.col_offset == 0
+                    for path in (REPO / "tests").rglob("test_*.py") for node in ast.walk(ast.parse(path.read_text())))
+    assert f"({functions} test functions" in readme, f"the README should say {functions} test functions"
+    notebooks = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
+    listed = readme[readme.index("## Notebooks"):].split("\n## ")[0]
+    assert sorted(re.findall(r"`(\d\d_\w+)`", listed)) == notebooks
+    assert len(readme.splitlines()) <= 200
