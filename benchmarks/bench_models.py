@@ -72,7 +72,6 @@ class Bench:
 def _dskd(name: str, backbone: str, image_size: int) -> Bench:
     import dskd
     from dskd.run.config import RD_ADAM, STFPM_SGD
-    from dskd.run.optimizers import make_optimizer
 
     plain = name == PLAIN
     model = dskd.build_model(backbone, "dskd" if plain else name, pretrained=False)
@@ -80,7 +79,7 @@ def _dskd(name: str, backbone: str, image_size: int) -> Bench:
     if plain:
         optims = [library_recipe(params, student) for params, student in groups]
     else:  # exactly what dskd's engine trains with
-        optims = [make_optimizer(params, STFPM_SGD if s == "se" else RD_ADAM) for params, s in groups]
+        optims = [(STFPM_SGD if s == "se" else RD_ADAM).build(params) for params, s in groups]
     # what exports and prediction run: BatchNorm folded, students and scales summed before the upsampling; the
     # plain form keeps the training-form network and its per-student maps
     infer_model = model if plain else copy.deepcopy(model).for_inference()

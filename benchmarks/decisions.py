@@ -38,7 +38,7 @@ from benchmarks.common import REPO
 from benchmarks.recall_spread import with_spread
 from dskd import suite
 from dskd.atomic import atomic_write, write_text
-from dskd.data import load_dataset
+from dskd.data import run_images
 from dskd.deploy.export import export
 from dskd.deploy.predictors import openvino_predictor, torch_predictor
 from dskd.repro.experiments import grid_configs
@@ -105,8 +105,7 @@ def throughput(run: str | Path, images: int = 64, batch: int = 16) -> dict[str, 
     """Images per second of a run's maps over its first `images` test images: PyTorch (BatchNorm folded, the path of
     `predict --run`) and OpenVINO FP32 (an export of the run), after one warm-up batch each."""
     cfg = open_run(run).config
-    test = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "test", cfg.image_size, split_file=cfg.split_file,
-                        fit_mode=cfg.fit_mode)
+    test = run_images(cfg, "test")
     x = preload(test, quiet=True)[0][:images].numpy()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,15 +30,14 @@ TARGET = 0.5  # points
 
 def score_export(xml: Path, run_dir: Path) -> dict[str, float]:
     """Metrics of an exported model on its run's test split, through OpenVINO."""
-    from dskd.data import load_dataset
+    from dskd.data import run_images
     from dskd.deploy.predictors import open_predictor
     from dskd.run.batch_maps import preload, valid_tensor
     from dskd.run.folder import open_run
     from dskd.run.metrics import all_metrics
 
     cfg = open_run(run_dir).config
-    test = load_dataset(cfg.dataset, cfg.data_root, cfg.category, "test", cfg.image_size,
-                        split_file=cfg.split_file, fit_mode=cfg.fit_mode)
+    test = run_images(cfg, "test")
     images, masks = preload(test, desc="test images", quiet=True)
     valid = valid_tensor(test)
     predictor = open_predictor(model=xml, engine="openvino")

@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.common import REPO, machine
 from dskd.atomic import write_text
+from dskd.data import run_images
 from dskd.model.network import DSKD
 from dskd.run.batch_maps import maps_in_batches, preload, valid_tensor
 from dskd.run.config import RunConfig
@@ -37,7 +38,6 @@ from dskd.run.folder import RunDir, resolve_device
 from dskd.run.map_stats import fit_map_statistics, recalibrate_batchnorm
 from dskd.run.metrics import aupro, image_auroc, pixel_auroc
 from dskd.run.profiles import profile_config
-from dskd.run.splits import run_images
 from dskd.run.trainer import TrainingData, train_model
 
 log = logging.getLogger("benchmarks.stopping")

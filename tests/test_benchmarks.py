@@ -247,3 +247,33 @@ def test_recall_over_draws_moves_only_where_the_draw_moves_the_threshold():
 def test_expected_range_of_three_draws_of_two_values():
     """Three picks from two equally likely values differ unless all three agree: 1 - 2 / 8."""
     assert recall_spread.expected_range(np.array([0.0, 1.0])) == pytest.approx(0.75, abs=0.02)
+
+
+@pytest.mark.slow
+def test_stopping_trajectories_score_every_epoch_and_the_rules_replay_them(data_root, tmp_path, monkeypatch):
+    """A trajectory scores a finished copy after every epoch without changing the run (its weights are those of a
+    plain run of the same settings), resumes without scoring an epoch twice, and the rules replay on it."""
+    import torch
+
+    from benchmarks import stopping, stopping_rules
+    from dskd.run.profiles import profile_config
+    from dskd.run.training import fit
+
+    monkeypatch.setattr(stopping, "RUNS", tmp_path / "runs")
+    cfg = profile_config("test", data_root=str(data_root), epochs=3, val_fraction=0.25)
+    out = tmp_path / "stopping" / "stripes-efficientnet_lite0-dskd-s0.csv"
+    stopping.trajectory(cfg, out, torch.device("cpu"))
+    rows = pd.read_csv(out)
+    assert rows["epoch"].tolist() == [1, 2, 3]
+    assert rows[["held_out_total", "image_auroc", "pixel_auroc", "aupro"]].notna().all().all()
+    assert rows["held_out_total"].nunique() == 3 and (rows["aupro"] > 0).all()
+    plain = fit(cfg, tmp_path / "plain", quiet=True)
+    watched = torch.load(next((tmp_path / "runs").iterdir()) / "checkpoint.pt", weights_only=False)["model"]
+    for k, v in torch.load(plain.checkpoint, weights_only=False)["model"].items():
+        assert torch.equal(v, watched[k]), k
+    stopping.trajectory(cfg, out, torch.device("cpu"))  # finished: nothing scored again
+    assert len(pd.read_csv(out)) == 3
+    text = stopping_rules.write_rules(out.parent).read_text()
+    assert "patience 2, 0 %" in text and "best epoch (test-fitted)" in text and "Chosen by" in text
+    assert stopping_rules.stop_epoch([1.0, 0.9, 0.95, 0.96], 2, 0.0, 10) == 4
+    assert stopping_rules.stop_epoch([1.0, 0.9, 0.8], 2, 0.0, 10) is None  # the trajectory ends first

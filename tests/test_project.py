@@ -34,14 +34,14 @@ def test_readme_states_the_two_commands_and_ci_runs_the_tests():
 
 
 def test_modules_and_functions_stay_small():
-    """One job per module: no module over 250 lines, no function over 40 (the structure issue's rule), in the
-    package and in the benchmarks alike."""
+    """One job per module: no module over 250 lines, and none within 10 lines of that ceiling (a module grows by
+    splitting along an idea, not where it hits the line), no function over 40, in the package and the benchmarks."""
     import ast
 
     too_long = []
     for path in sorted([*(REPO / "dskd").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]):
         text, name = path.read_text(), path.relative_to(REPO)
-        if len(text.splitlines()) > 250:
+        if len(text.splitlines()) > 240:
             too_long.append(f"{name}: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 40:

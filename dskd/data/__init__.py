@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -147,11 +148,12 @@ def load_dataset(name: str, root: Path | str, category: str, split: str, image_s
             raise DskdError(f"unknown synthetic category '{category}'; choose one of {', '.join(synthetic.CATEGORIES)}")
         synthetic.ensure_synthetic(d, (category,))
     where = f"{d} ({name}/{category}/{split})"
+    which = None
     if split == "test":
         samples = spec.reader(d, category, split, require_masks, split_file)
     else:
-        train, val = _cross_fit(spec, d, category, split_file, folds, fold, seed) if folds > 1 else \
-            _train_and_val(spec, d, category, split_file, val_fraction, seed)
+        train, val, which = _cross_fit(spec, d, category, split_file, folds, fold, seed) if folds > 1 else \
+            (*_train_and_val(spec, d, category, split_file, val_fraction, seed), None)
         samples = train if split == "train" else val
         if not val and val_fraction > 0 and split == "train" and folds == 1:
             log.warning("%s: %d good training images are too few to hold out %d for validation (and keep as many "
@@ -160,7 +162,30 @@ def load_dataset(name: str, root: Path | str, category: str, split: str, image_s
         if split == "val" and not samples:
             raise NoValidationSplit(f"{where}: no validation split (val_fraction {val_fraction}, {len(train)} "
                                     "good training images)")
-    return AnomalyDataset(samples, image_size, where=where, fit_mode=fit_mode)
+    pool = split == "train" and folds > 1 and fold is None
+    return AnomalyDataset(samples, image_size, where=where, fit_mode=fit_mode, folds=which if pool else None)
+
+
+RUN_PARTS = {"train": "train", "held_out": "val", "test": "test"}  # what a run sees -> the split it is
+
+
+def run_images(run: Any, part: str, data_root: Path | str | None = None) -> AnomalyDataset:
+    """The images a run sees (`run`: its settings, `dskd.run.config.RunConfig`), read in this one place so that
+    training, deciding, exporting, evaluating and the benchmarks agree. `train`: what it trains on (cross-fitted:
+    every good image, with each one's fold; set k: all folds but k); `held_out`: the good images it never trains on
+    (the validation split; set k: fold k; `NoValidationSplit` where it has none); `test`: the test split.
+    `data_root` reads the same images where the data has moved."""
+    return load_dataset(run.dataset, data_root or run.data_root, run.category, RUN_PARTS[part], run.image_size,
+                        split_file=run.split_file, fit_mode=run.fit_mode, val_fraction=run.val_fraction,
+                        seed=run.seed, folds=run.folds, fold=run.fold)
+
+
+def held_out_images(run: Any, data_root: Path | str | None = None) -> AnomalyDataset | None:
+    """`run_images(run, "held_out")`, or None where the run holds no good image out."""
+    try:
+        return run_images(run, "held_out", data_root)
+    except NoValidationSplit:
+        return None
 
 
 class NoValidationSplit(DskdError):
@@ -191,7 +216,8 @@ def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
 
 
 def _cross_fit(spec: DatasetSpec, d: Path, category: str, split_file: Path | str | None, folds: int,
-               fold: int | None, seed: int) -> tuple[list[Sample], list[Sample]]:
+               fold: int | None, seed: int) -> tuple[list[Sample], list[Sample], np.ndarray]:
+    """(the images set `fold` trains on, fold `fold`, each pooled image's fold); with `fold=None`, the whole pool."""
     pool = spec.reader(d, category, "train", False, split_file)
     if spec.validation:
         pool += spec.reader(d, category, "validation", False, split_file)
@@ -200,13 +226,14 @@ def _cross_fit(spec: DatasetSpec, d: Path, category: str, split_file: Path | str
                         "and the others to train on); lower --folds")
     which = fold_of(len(pool), folds, seed)
     if fold is None:
-        return pool, []
+        return pool, [], which
     return [s for s, f in zip(pool, which, strict=True) if f != fold], \
-        [s for s, f in zip(pool, which, strict=True) if f == fold]
+        [s for s, f in zip(pool, which, strict=True) if f == fold], which
 
 
 __all__ = [
     "DATASETS", "MT_DEFECT_TYPES", "MVTEC3D_CATEGORIES", "MVTEC_AD_CATEGORIES", "MVTEC_AD_TEXTURES", "REGISTRY",
     "SPLITS", "VAL_MIN", "AnomalyDataset", "DatasetSpec", "NoValidationSplit", "Sample", "categories",
-    "dataset_root", "fold_of", "get_dataset", "labelled_samples", "load_dataset", "read_image",
+    "dataset_root", "fold_of", "get_dataset", "held_out_images", "labelled_samples", "load_dataset", "read_image",
+    "run_images",
 ]

@@ -30,10 +30,11 @@ class AnomalyDataset:
     [0, 1]), mask (1xSxS, 0/1), label, defect_type, path."""
 
     def __init__(self, samples: Sequence[Sample], image_size: int, where: str, fit_mode: str = "stretch",
-                 check_sizes: bool = True) -> None:
+                 check_sizes: bool = True, folds: np.ndarray | None = None) -> None:
         if not samples:
             raise DskdError(f"{where}: no images found for this split; check the folder layout")
         self.samples = list(samples)
+        self.folds = folds  # cross-fitting's pool of good images: each one's fold (`dskd.data.fold_of`)
         self.image_size = image_size
         self.fit_mode = fit_mode
         self.where = where

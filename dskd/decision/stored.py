@@ -45,18 +45,19 @@ def write_out_of_fold(folder: Path, scores: list[float], pixel_threshold: float)
 def read_out_of_fold(folder: Path, remedy: str) -> tuple[list[float], float]:
     """(sorted scores, pixel threshold) of a student set; a set trained before 2026-12-07 kept them in a decision."""
     path = folder / OUT_OF_FOLD_FILE
-    if not path.is_file() and (folder / DECISION_FILE).is_file():
-        old = read_decision(folder / DECISION_FILE, remedy)
-        return old.calibration_scores, old.pixel_threshold
+    earlier = not path.is_file() and (folder / DECISION_FILE).is_file()
+    if earlier:
+        path = folder / DECISION_FILE
     stored = read_json(path, remedy)
     try:
-        return [float(s) for s in stored["scores"]], float(stored["pixel_threshold"])
+        return [float(s) for s in stored["calibration_scores" if earlier else "scores"]], \
+            float(stored["pixel_threshold"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DskdError(f"{path}: not a student set's out-of-fold scores ({type(exc).__name__}); fix it by "
                         f"{remedy}") from exc
 
 
-def file_metadata(decision: Decision | None, **values: str) -> dict[str, str]:
+def file_metadata(decision: Decision | None, /, **values: str) -> dict[str, str]:
     """An exported file's metadata: `values` under their keys (each one of `FILE_KEYS`) and the decision, which
     `from_metadata` reads back (None: `values` holds it already)."""
     unknown = set(values) - set(FILE_KEYS)

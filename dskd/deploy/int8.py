@@ -29,8 +29,8 @@ STUDENT_NETWORKS = ("model.se", "model.sd", "model.embed", "model.se2", "model.s
 def training_images(loaded: LoadedRun, size: int, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to `limit` of the run's training images, evenly spaced over its list: float32 N x 3 x S x S in [0, 1]
     and, in pad mode, their valid masks."""
+    from ..data import run_images
     from ..run.batch_maps import preload, valid_tensor
-    from ..run.splits import run_images
 
     if limit < 1:
         raise DskdError(f"--calibration-images must be at least 1, not {limit}")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DskdError
 from ..model.config import ModelConfig
 from ..settings import check_values, setting
+
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = ("sgd", "adam")
 FIT_MODES = ("stretch", "pad")
@@ -38,6 +42,24 @@ class OptimConfig:
     betas: tuple[float, ...] = setting((0.5, 0.999), "Adam's betas", at_least=0, below=1)
     momentum: float = setting(0.9, "SGD's momentum", at_least=0, at_most=1)
     weight_decay: float = setting(0.0, "weight decay", at_least=0)
+
+    def build(self, params) -> torch.optim.Optimizer:
+        """The optimizer of this recipe over `params` (PyTorch is imported here: the settings themselves need none)."""
+        import torch
+
+        # One fused kernel per step instead of a loop over tensors: it saved about 8% of a 64 px CPU step in one A/B
+        # here; at 256 px the optimizer is under 1% of a step (results/benchmarks/speed.md).
+        params = list(params)
+        fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay, **fused)
+
+    def cosine_rate(self, progress: float) -> float:
+        """The rate after `progress` (0 to 1) of a run under `lr_schedule="cosine"`: half a cosine from the recipe's
+        rate to 0, a function of the step alone, so resuming needs no state."""
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr * factor
 
 
 # The parents' published recipes: STFPM trains its student with SGD, Reverse Distillation its decoder with Adam.

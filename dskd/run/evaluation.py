@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json
-from ..data import AnomalyDataset
+from ..data import AnomalyDataset, run_images
 from ..decision import FALSE_ALARM_RULES, Decision, at_threshold, shift_test
 from ..errors import DskdError
 from . import archive
@@ -19,7 +19,6 @@ from .batch_maps import all_maps, preload, valid_tensor
 from .folder import LoadedRun, RunDir, load_run
 from .metrics import all_metrics, pixel_metrics
 from .set_decision import decide_on_held_out, from_labelled_folder
-from .splits import run_images
 
 log = logging.getLogger(__name__)
 PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")

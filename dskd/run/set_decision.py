@@ -11,14 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..atomic import read_json, write_json
-from ..data import AnomalyDataset, labelled_samples
+from ..data import AnomalyDataset, held_out_images, labelled_samples, run_images
 from ..decision import Decision, false_alarm_threshold
 from ..decision.stored import read_out_of_fold, write_decision, write_out_of_fold
 from .batch_maps import scored
 from .config import RunConfig
 from .folder import LoadedRun, RunDir, load_run
 from .metrics import f1_max_threshold
-from .splits import held_out_or_none, run_images
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, q
     cfg = loaded.run.config
     if cfg.cross_fitted:
         return decide_on_folds(loaded.run)
-    held_out = held_out_or_none(cfg, data_root)
+    held_out = held_out_images(cfg, data_root)
     images = held_out if held_out is not None else run_images(cfg, "train", data_root)
     scores, pixels = scored(loaded, images, quiet)
     if cfg.fold is not None:

@@ -16,35 +16,24 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_text
-from ..data import AnomalyDataset, get_dataset
+from ..data import AnomalyDataset, get_dataset, held_out_images, run_images
 from ..errors import DskdError
 from ..model.network import DSKD
 from .batch_maps import preload, to_input, valid_tensor
-from .config import OptimConfig, RunConfig
-from .folder import (
+from .checkpoint import (
     CHECKPOINT_SCHEMA,
-    RunDir,
-    autocast,
-    files_fingerprint,
-    is_teacher_key,
-    load_run,
     load_students,
-    provenance,
     read_checkpoint,
     save_checkpoint,
+    student_state,
 )
+from .config import OptimConfig, RunConfig
+from .folder import RunDir, autocast, load_run, provenance
 from .map_stats import fit_map_statistics, recalibrate_batchnorm
-from .optimizers import make_optimizer, set_cosine_lr
 from .set_decision import decide_on_held_out
-from .splits import held_out_or_none, run_images
 from .stopping import held_out_loss, stop_reason
 
 log = logging.getLogger(__name__)
-
-
-def student_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable part of the model; the frozen teacher is rebuilt from its own weights on load."""
-    return {k: v for k, v in model.state_dict().items() if not is_teacher_key(k)}
 
 
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -67,6 +56,11 @@ class _Training:
     rows: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 1
 
+    def set_cosine_rates(self, progress: float) -> None:
+        for name, opt in self.optims.items():
+            for group in opt.param_groups:
+                group["lr"] = self.recipes[name].cosine_rate(progress)
+
     def checkpoint(self, cfg: RunConfig, epoch: int, **extra: Any) -> dict[str, Any]:
         """What `--resume` needs while training; a finished run (`extra`: its map statistics) keeps its weights and
         what evaluation needs, not the optimizers' state."""
@@ -79,7 +73,7 @@ def _start(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool) -> _
     torch.manual_seed(cfg.seed)
     model = DSKD(cfg.model, pretrained=True).to(device)
     recipes = {name: cfg.se_optim if name.startswith("se") else cfg.sd_optim for name in model.students}
-    optims = {name: make_optimizer(model.student_parameters(name), recipe) for name, recipe in recipes.items()}
+    optims = {name: recipe.build(model.student_parameters(name)) for name, recipe in recipes.items()}
     state = _Training(model, recipes, optims, torch.amp.GradScaler(device.type, enabled=cfg.precision == "float16"))
     if resume and run.checkpoint.is_file():
         ckpt = read_checkpoint(run.checkpoint, device)
@@ -109,7 +103,7 @@ class TrainingData:
 
     @classmethod
     def read(cls, cfg: RunConfig, quiet: bool) -> TrainingData:
-        train_set, held_out = run_images(cfg, "train"), held_out_or_none(cfg)
+        train_set, held_out = run_images(cfg, "train"), held_out_images(cfg)
         images = preload(train_set, desc="loading training images", quiet=quiet)[0]
         return cls(train_set, images, held_out=None if held_out is None else preload(held_out, quiet=True)[0])
 
@@ -132,8 +126,7 @@ def train_model(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool,
         log.info("image size %d px, %s: %s's own under the %s profile (%s); --image-size and --epochs change them",
                  cfg.image_size, f"{cfg.epochs} epochs" if not cfg.max_epochs else f"at most {cfg.max_epochs} epochs",
                  cfg.dataset, cfg.profile, get_dataset(cfg.dataset).quick[2])
-    info = provenance(cfg, device, files_fingerprint([s.path for s in train_set.samples], Path(cfg.data_root)),
-                      len(train_set))
+    info = provenance(cfg, device, train_set)
     state = _start(cfg, run, device, resume)
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.info_file, info)
@@ -196,8 +189,7 @@ def _epoch(cfg: RunConfig, state: _Training, data: TrainingData, device: torch.d
     steps = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=quiet, unit="step")
     for i, idx in enumerate(steps):
         if cfg.lr_schedule == "cosine":
-            set_cosine_lr(state.optims, state.recipes,
-                          ((epoch - 1) * len(batches) + i) / (cfg.epoch_budget * len(batches)))
+            state.set_cosine_rates(((epoch - 1) * len(batches) + i) / (cfg.epoch_budget * len(batches)))
         with autocast(device, cfg.precision):
             teacher = None if data.teacher is None else [t[idx].to(device) for t in data.teacher]
             losses = model.loss(to_input(images[idx], device), teacher)

@@ -12,27 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_json
-from ..data import fold_of
+from ..data import run_images
 from ..errors import DskdError
 from ..model.backbones import build_teacher
 from ..model.cross_fitted import CrossFitModel
 from .batch_maps import preload, to_input
+from .checkpoint import CHECKPOINT_SCHEMA, load_students, read_checkpoint, save_checkpoint, student_state
 from .config import RunConfig
-from .folder import (
-    CHECKPOINT_SCHEMA,
-    RUNS_ROOT,
-    RunDir,
-    autocast,
-    files_fingerprint,
-    load_students,
-    provenance,
-    read_checkpoint,
-    resolve_device,
-    save_checkpoint,
-)
+from .folder import RUNS_ROOT, RunDir, autocast, provenance, resolve_device
 from .set_decision import decide_on_folds
-from .splits import run_images
-from .trainer import TrainingData, student_state, train_model
+from .trainer import TrainingData, train_model
 
 log = logging.getLogger(__name__)
 TEACHER_CACHE_BYTES = 4 * 2**30  # cross-fitting keeps the teacher's pyramids in memory up to this size
@@ -84,8 +73,8 @@ def _train_folds(cfg: RunConfig, run: RunDir, device: torch.device, resume: bool
     out-of-fold scores. Each set resumes on its own."""
     pool = run_images(cfg, "train")
     images, _ = preload(pool, desc="loading training images", quiet=quiet)
-    which = torch.from_numpy(fold_of(len(pool), cfg.folds, cfg.seed))
-    info = provenance(cfg, device, files_fingerprint([s.path for s in pool.samples], Path(cfg.data_root)), len(pool))
+    which = torch.from_numpy(pool.folds)
+    info = provenance(cfg, device, pool)
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.info_file, info)
     t0 = time.perf_counter()
