@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .cli_flags import add_setting_flags, profile_in, setting_fields
 from .deploy.predictors import ENGINES, FORMATS
@@ -131,6 +132,9 @@ def _train(args: argparse.Namespace) -> None:
 
     overrides = {name: getattr(args, name) for name, _, _ in setting_fields()}
     overrides.update(category=_default_category(args), lr=args.lr)
+    for where in ("data_root", "split_file"):  # recorded resolved, so the run is found from any folder
+        if overrides.get(where):
+            overrides[where] = str(Path(overrides[where]).expanduser().resolve())
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     run = fit(profile_config(args.profile, **overrides), args.out, resume=args.resume, quiet=args.quiet,
               wait=args.wait)
@@ -176,10 +180,11 @@ def _predict(args: argparse.Namespace) -> None:
 
     rows = predict(args.run, args.inputs, args.out, model=args.model, engine=args.engine, device=args.device,
                    strict=args.strict, quiet=args.quiet)
-    for row in rows:
-        score = "" if row["error"] else format(row["score"], ".5f")
-        print(f"{score}\t{row['decision'] or 'unreadable'}\t{row['path']}")
-    if not any(not row["error"] for row in rows):
+    for row in rows:  # a file name that is not valid UTF-8 is printed with its undecodable bytes escaped
+        score = "" if row["score"] == "" else format(row["score"], ".5f")
+        path = row["path"].encode("utf-8", "backslashreplace").decode("utf-8")
+        print(f"{score}\t{row['decision'] or 'unreadable'}\t{path}")
+    if all(row["score"] == "" for row in rows):
         raise DskdError(f"none of the {len(rows)} image(s) could be read; see {args.out}/scores.csv")
 
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DskdError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")  # read everywhere; a GIF's first frame
 DECODING = """Every image file becomes one RGB picture in [0, 1], whatever its format, by one rule:
 - integers are divided by their format's full scale: 8-bit by 255, 16-bit by 65535, a TIFF that declares 12 (or
   10, 14) bits per sample by 4095 (1023, 16383), 1-bit by 1 (so 12-bit data stored unshifted in a 16-bit PNG

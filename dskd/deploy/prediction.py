@@ -5,7 +5,10 @@ engine is PyTorch."""
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -25,16 +28,20 @@ from .predictors import Predictor, open_predictor
 
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "score", "decision", "threshold", "p_value", "overlay", "error"]
+SCORES = "scores.csv"
+# An overlay's file name, at most: file systems allow 255 bytes, and an atomic write's temporary name is longer.
+MAX_NAME_BYTES = 200
 
 
 def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     """(image, its output name relative to --out) for every image file named or inside a folder named. A folder's
     images keep their names under the folder's own name when several inputs are given; any name taken twice
-    (000.png in two folders, 000.png beside 000.jpg) gets a numbered suffix, so no output overwrites another."""
+    (000.png in two folders, 000.png beside 000.jpg) gets a numbered suffix, so no output overwrites another, and a
+    name too long for a file system is shortened (`MAX_NAME_BYTES`)."""
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            images = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            images = images_in(item)
             if not images:
                 raise DskdError(f"{item}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
             prefix = Path(item.resolve().name) if len(inputs) > 1 else Path()
@@ -46,13 +53,41 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     taken: set[str] = set()
     named = []
     for path, stem in found:
-        name, k = f"{stem}_overlay.png", 1
+        name, k = _fitting(stem.name, "_overlay.png"), 1
         while name.lower() in taken:
             k += 1
-            name = f"{stem}_{k}_overlay.png"
+            name = _fitting(stem.name, f"_{k}_overlay.png")
         taken.add(name.lower())
-        named.append((path, Path(name)))
+        named.append((path, stem.parent / name))
     return named
+
+
+def images_in(folder: Path) -> list[Path]:
+    """A folder's images (`IMAGE_EXTS`), sorted; one line for each other file it holds, which is not read, and one
+    for what predict itself wrote there (overlays, scores.csv), which is never read as a part."""
+    images, own = [], 0
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.name == SCORES or (path.suffix.lower() == ".png" and overlay.is_overlay(path)):
+            own += 1
+        elif path.suffix.lower() in IMAGE_EXTS:
+            images.append(path)
+        else:
+            log.warning("%s: not read (dskd reads %s)", path, ", ".join(IMAGE_EXTS))
+    if own:
+        log.info("%s: %d file(s) that predict wrote (overlays, %s) are not read", folder, own, SCORES)
+    return images
+
+
+def _fitting(stem: str, ending: str) -> str:
+    """`stem + ending`, the stem cut (and told apart by a digest of the whole) where the name would be longer than
+    `MAX_NAME_BYTES`."""
+    name = stem + ending
+    if len(os.fsencode(name)) <= MAX_NAME_BYTES:
+        return name
+    digest = "~" + hashlib.sha1(os.fsencode(stem)).hexdigest()[:10]
+    while len(os.fsencode(stem + digest + ending)) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + digest + ending
 
 
 def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
@@ -93,7 +128,8 @@ class _ScoresFile:
 
     def write(self) -> None:
         def save(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
+            # a file name that is not valid UTF-8 is written with its undecodable bytes escaped (\\udcXX)
+            with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
                 writer = csv.DictWriter(f, fieldnames=COLUMNS)
                 writer.writeheader()
                 writer.writerows(self.rows)
@@ -118,7 +154,7 @@ def predict(run_dir: str | Path | None, inputs: list[str | Path], out: str | Pat
     named = collect_images(inputs)
     log.info("predicting %d image(s) with %s (%s, %s; outline at %.4g)", len(named), predictor.source,
              predictor.decision.decides_by(), predictor.decision.rule, predictor.pixel_threshold)
-    table = _ScoresFile(out / "scores.csv")
+    table = _ScoresFile(out / SCORES)
     try:
         out.mkdir(parents=True, exist_ok=True)
         _predict_all(predictor, named, out, table, strict, quiet)
@@ -147,10 +183,23 @@ def _predict_all(predictor: Predictor, named: list[tuple[Path, Path]], out: Path
             p = None if ranked is None else float(decision.p_values(ranked)[0])
             picture = overlay.render(original, amap, predictor.fit_mode, predictor.threshold, score,
                                      predictor.pixel_threshold, defective=defective, p_value=p)
-            atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, "PNG"))
+            written, error = _write_overlay(picture, out / name)
             table.add({"path": str(path), "score": score, "threshold": predictor.threshold,
-                       "p_value": "" if p is None else p, "overlay": str(out / name), "error": "",
+                       "p_value": "" if p is None else p, "overlay": written, "error": error,
                        "decision": "defective" if defective else "good"})
+
+
+def _write_overlay(picture: Image.Image, path: Path) -> tuple[str, str]:
+    """(the overlay written, "") or ("", why not) when the file system refuses this one name; a refusal that would
+    stop every write (a full disk, a read-only folder) stops the prediction."""
+    try:
+        atomic_write(path, lambda tmp: overlay.save(picture, tmp))
+    except WriteError as exc:
+        if getattr(exc.__cause__, "errno", None) not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
+            raise
+        log.warning("%s", exc)
+        return "", str(exc)
+    return str(path), ""
 
 
 def _stopped(exc: WriteError, table: _ScoresFile, total: int) -> str:

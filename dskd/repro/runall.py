@@ -93,11 +93,14 @@ def _chosen(only: list[str] | None) -> list[Path]:
     notebooks = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
     if not notebooks:
         raise DskdError(f"no notebooks in {NOTEBOOKS}; run ./run_all.sh from a full checkout of the repository")
-    if not only:
+    if only is None:
         return notebooks
-    unknown = [o for o in only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
+    if not [o for o in only if o.strip()]:
+        raise DskdError("--only names no notebook (an empty name would select every one); name some, e.g. --only 10 "
+                        "22, or leave --only out to run them all")
+    unknown = [o for o in only if not o.strip() or not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
     if unknown:
-        raise DskdError(f"no notebook matches {unknown}; known: {', '.join(nb.stem for nb in notebooks)}")
+        raise DskdError(f"--only: no notebook matches {unknown}; known: {', '.join(nb.stem for nb in notebooks)}")
     return [nb for nb in notebooks if any(nb.stem == o or nb.stem.startswith(o) for o in only)]
 
 
