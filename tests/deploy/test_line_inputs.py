@@ -97,3 +97,79 @@ def test_run_all_refuses_an_empty_selection():
         with pytest.raises(DskdError, match="--only"):
             runall._chosen(only)
     assert len(runall._chosen(["10"])) == 1
+
+
+def _decision(run):
+    import json
+
+    return json.loads((run / "decision.json").read_text())
+
+
+def _copy_run(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_calibrate_counts_an_image_once_and_refuses_the_run_s_training_images(run, data_root, tmp_path):
+    run = _copy_run(run, tmp_path)
+    grid = data_root / "synthetic" / "grid"
+    line = tmp_path / "line"
+    shutil.copytree(grid / "test" / "good", line)
+    n = len(list(line.glob("*.png")))
+    shutil.copy(next(line.glob("*.png")), line / "copy_under_another_name.png")
+    r = _cli("calibrate", "--run", run, line, line, "--device", "cpu", "--quiet")  # one folder twice
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _decision(run)["n_images"] == n
+    assert sum("repeat another one's content and count once" in line for line in r.stderr.splitlines()) == 1
+
+    before = _decision(run)
+    r = _cli("calibrate", "--run", run, grid / "train" / "good", "--device", "cpu", "--quiet")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "the run trained on" in errors[0], r.stderr[-2000:]
+    assert _decision(run) == before  # nothing changed
+
+
+@pytest.mark.slow
+def test_calibrating_on_defective_parts_asks_whether_they_are_all_good(run, data_root, tmp_path):
+    from dskd.data import run_images
+    from dskd.run.folder import open_run
+
+    fresh = shutil.copytree(run, tmp_path / "fresh")
+    run = _copy_run(run, tmp_path)
+    test = data_root / "synthetic" / "grid" / "test"
+    defective = tmp_path / "said_good"
+    defective.mkdir()
+    for kind in ("hole", "stain"):
+        for image in sorted((test / kind).glob("*.png"))[:6]:
+            shutil.copy(image, defective / f"{kind}_{image.name}")
+    r = _cli("calibrate", "--run", run, defective, "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warned = [line for line in r.stderr.splitlines() if "are these all good?" in line]
+    assert len(warned) == 1 and "Mann-Whitney" in warned[0] and "_" in warned[0].split("the highest:")[1]
+    # the good images the decision was set on, given again from another folder: no question asked
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    for sample in run_images(open_run(fresh).config, "held_out").samples:
+        shutil.copy(sample.path, held_out / sample.path.name)
+    good = _cli("calibrate", "--run", fresh, held_out, "--device", "cpu", "--quiet")
+    assert good.returncode == 0 and "are these all good?" not in good.stderr, good.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_read_only_model_file_is_refused_and_suffixes_count_alike(run, data_root, tmp_path):
+    from dskd.deploy.export import export
+
+    onnx = export(run, "onnx", tmp_path / "model.onnx")
+    good = data_root / "synthetic" / "grid" / "test" / "good"
+    onnx.chmod(0o444)
+    content = onnx.read_bytes()
+    r = _cli("calibrate", "--model", onnx, good, "--quiet")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "read-only" in errors[0], r.stderr[-2000:]
+    assert onnx.read_bytes() == content and (onnx.stat().st_mode & 0o777) == 0o444
+    upper = onnx.with_name("M.ONNX")
+    shutil.copy(onnx, upper)
+    upper.chmod(0o644)
+    r = _cli("calibrate", "--model", upper, good, "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
