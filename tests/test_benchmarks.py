@@ -231,13 +231,13 @@ def test_recall_over_draws_moves_only_where_the_draw_moves_the_threshold():
 
     good = np.linspace(0.0, 1.0, 200)
     labels = [0] * 5 + [1] * 10
-    decision = Decision.on_good_images(scores=good, pixels=np.zeros(1), target=0.01, source="test", announce=False)
+    decision = Decision.on_good_images(scores=good, target=0.01, source="test", announce=False)
     far = _decided_by_draws(labels, [0.5] * 5 + [5.0] * 10, decision)
     assert (far == 1).all()
     near = _decided_by_draws(labels, [0.5] * 5 + list(np.linspace(0.95, 1.0, 10)), decision)
     assert near.min() < near.max()
     assert recall_spread.expected_range(near) > 0 and recall_spread.expected_range(far) == 0
-    folds = Decision.cross_conformal(out_of_fold_scores=[[0.2] * 100, [0.3] * 100], pixel_threshold=0.0, target=0.01,
+    folds = Decision.cross_conformal(out_of_fold_scores=[[0.2] * 100, [0.3] * 100], target=0.01,
                                      source="test")
     members = np.array([[0.1, 0.1]] * 5 + [[0.25, 0.25]] * 5 + [[0.25, 0.35]] * 5)
     steady = _decided_by_draws(labels, np.zeros(15), folds, members)

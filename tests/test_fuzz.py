@@ -78,7 +78,7 @@ def test_any_image_file_reads_as_a_picture_or_one_line(tmp_path_factory, a, fmt)
         assert out.ndim == (3 if read is read_image else 2) and out.dtype == (np.uint8 if read is read_image else bool)
 
 
-decisions = Decision.on_good_images(scores=np.linspace(0, 1, 30, dtype=np.float32), pixels=np.zeros(4, np.float32),
+decisions = Decision.on_good_images(scores=np.linspace(0, 1, 30, dtype=np.float32),
                                     target=0.01, source="x").to_dict()
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,

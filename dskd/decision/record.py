@@ -2,11 +2,12 @@
 rule that sets it.
 
 An image is "defective" when its score reaches the image threshold (cross-fitted: by its cross-conformal p-value,
-`dskd.decision.crossfit`); the overlay outlines the pixels at or above the pixel threshold. Both come from good
-images the model never trained on (the held-out images) at a false-alarm target (`dskd.decision.false_alarm`), from
-good images taken on the line (`python -m dskd calibrate`), from the training images when nothing was held out
-(said so), or, for one evaluation only, from a labelled folder the user names. The record reads back from every
-schema it was stored in; where it is stored is `dskd.decision.stored`.
+`dskd.decision.crossfit`); the overlay outlines a defective image's pixels at or above the pixel threshold, and no
+pixel of an image it passes (`dskd.decision.outline`). The threshold comes from good images the model never trained
+on (the held-out images) at a false-alarm target (`dskd.decision.false_alarm`), from good images taken on the line
+(`python -m dskd calibrate`), from the training images when nothing was held out (said so), or, for one evaluation
+only, from a labelled folder the user names. The record reads back from every schema it was stored in; where it is
+stored is `dskd.decision.stored`.
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ RULES = {
 }
 FALSE_ALARM_RULES = ("val_false_alarm", "line_false_alarm", "cross_conformal")  # the rules that promise a rate
 # decision.json's layout: 2 added the bound, the calibration scores and the history; 3 the per-fold scores;
-# 4 named them out_of_fold_scores (3 called them fold_scores, still read)
-SCHEMA = 4
+# 4 named them out_of_fold_scores (3 called them fold_scores, still read); 5 sets the pixel threshold to the image
+# threshold (earlier ones, at the target on the calibration images' pixels, are read as they are)
+SCHEMA = 5
 RENAMED = {"fold_scores": "out_of_fold_scores"}  # an older schema's name -> today's
 
 
 @dataclass(frozen=True, kw_only=True)
 class Decision:
     threshold: float = setting(REQUIRED, "image level: defective when score >= threshold")
-    pixel_threshold: float = setting(REQUIRED, "the overlay's outline: pixels >= it")
+    pixel_threshold: float = setting(REQUIRED, "the overlay's outline: pixels >= it, in images the decision flags")
     rule: str = setting(REQUIRED, "how it was set", tuple(RULES))
     source: str = setting(REQUIRED, "the images it was set on, in words")
     n_images: int = setting(REQUIRED, "how many", at_least=0)
@@ -133,35 +135,31 @@ class Decision:
 
     # One constructor per rule, keyword arguments only.
     @classmethod
-    def on_good_images(cls, *, scores: np.ndarray, pixels: np.ndarray, target: float, source: str,
-                       rule: str = "val_false_alarm", announce: bool = True) -> Decision:
-        """Image and pixel thresholds at the false-alarm target on good images the model never trained on (the
-        held-out images, or the line's with rule `line_false_alarm`); the log says what they promise."""
+    def on_good_images(cls, *, scores: np.ndarray, target: float, source: str, rule: str = "val_false_alarm",
+                       announce: bool = True) -> Decision:
+        """The threshold at the false-alarm target on good images the model never trained on (the held-out images,
+        or the line's with rule `line_false_alarm`); the log says what it promises."""
         scores = np.asarray(scores, np.float32).ravel()
         if scores.size == 0:
             raise DskdError(f"no good images to set a threshold on ({source})")
-        decision = replace(cls._image_rule(scores, target, source, rule),
-                           pixel_threshold=false_alarm_threshold(pixels, target)[0])
+        decision = cls._image_rule(scores, target, source, rule)
         return decision.announced() if announce else decision
 
     @classmethod
-    def cross_conformal(cls, *, out_of_fold_scores: list[list[float]], pixel_threshold: float, target: float,
-                        source: str) -> Decision:
+    def cross_conformal(cls, *, out_of_fold_scores: list[list[float]], target: float, source: str) -> Decision:
         """The cross-conformal decision on K student sets' out-of-fold scores. Its `threshold`, the pooled scores'
         by the one-model rule, is what plots and overlays show; it decides by `flags`."""
         pooled = np.concatenate([np.asarray(f, np.float32).ravel() for f in out_of_fold_scores])
         decision = replace(cls._image_rule(pooled, target, source, "cross_conformal"),
-                           pixel_threshold=float(pixel_threshold),
                            out_of_fold_scores=[sorted(float(s) for s in np.asarray(f).ravel())
                                                for f in out_of_fold_scores])
         return decision.announced()
 
     @classmethod
-    def on_training_images(cls, *, threshold: float, pixels: np.ndarray, target: float, n_images: int,
-                           source: str, note: str) -> Decision:
-        """Where nothing was held out: the training images' mean score + 3 std, the outline at the target on their
-        pixels; no rate is promised."""
-        return cls(threshold=threshold, pixel_threshold=false_alarm_threshold(pixels, target)[0],
+    def on_training_images(cls, *, threshold: float, target: float, n_images: int, source: str,
+                           note: str) -> Decision:
+        """Where nothing was held out: the training images' mean score + 3 std; no rate is promised."""
+        return cls(threshold=threshold, pixel_threshold=threshold,
                    rule="train_mean_plus_3std", source=source, n_images=n_images, target_false_alarm=target,
                    note=note)
 
@@ -173,16 +171,16 @@ class Decision:
                    note="a run from before decisions were recorded; evaluate it to set one")
 
     @classmethod
-    def on_labelled_folder(cls, *, threshold: float, pixels: np.ndarray, target: float, n_images: int,
-                           source: str) -> Decision:
+    def on_labelled_folder(cls, *, threshold: float, target: float, n_images: int, source: str) -> Decision:
         """The F1-max threshold of a labelled folder, for one evaluation only."""
-        return cls(threshold=threshold, pixel_threshold=false_alarm_threshold(pixels, target)[0],
+        return cls(threshold=threshold, pixel_threshold=threshold,
                    rule="f1_max_on_folder", source=source, n_images=n_images, target_false_alarm=target)
 
     @classmethod
     def _image_rule(cls, scores: np.ndarray, target: float, source: str, rule: str) -> Decision:
-        """The image threshold by the false-alarm rule, what it promises, and the notes the log warns of (the
-        pixel threshold is the caller's)."""
+        """The image threshold by the false-alarm rule, what it promises, and the notes the log warns of. The
+        outline's threshold is the same: a part is outlined only when flagged, so the share of good parts carrying
+        an outline is the false-alarm rate, and the same bound holds for it (`dskd.decision.outline`)."""
         threshold, expected = false_alarm_threshold(scores, target)
         n = len(scores)
         notes = []

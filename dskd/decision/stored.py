@@ -35,23 +35,22 @@ def read_decision(path: Path, remedy: str = RUN_REMEDY) -> Decision:
     return Decision.from_dict(read_json(path, remedy), str(path))
 
 
-def write_out_of_fold(folder: Path, scores: list[float], pixel_threshold: float) -> Path:
-    """A student set's scores of the fold it never trained on (sorted), and the outline threshold its fold's pixels
-    set; the run's cross-conformal decision is made from every set's."""
-    return write_json(folder / OUT_OF_FOLD_FILE, {"schema": 1, "scores": sorted(float(s) for s in scores),
-                                                  "pixel_threshold": float(pixel_threshold)})
+def write_out_of_fold(folder: Path, scores: list[float]) -> Path:
+    """A student set's scores of the fold it never trained on (sorted); the run's cross-conformal decision is made
+    from every set's."""
+    return write_json(folder / OUT_OF_FOLD_FILE, {"schema": 2, "scores": sorted(float(s) for s in scores)})
 
 
-def read_out_of_fold(folder: Path, remedy: str) -> tuple[list[float], float]:
-    """(sorted scores, pixel threshold) of a student set; a set trained before 2026-12-07 kept them in a decision."""
+def read_out_of_fold(folder: Path, remedy: str) -> list[float]:
+    """A student set's sorted out-of-fold scores; a set trained before 2026-12-07 kept them in a decision (schema 1
+    of the file also kept an outline threshold, no longer used)."""
     path = folder / OUT_OF_FOLD_FILE
     earlier = not path.is_file() and (folder / DECISION_FILE).is_file()
     if earlier:
         path = folder / DECISION_FILE
     stored = read_json(path, remedy)
     try:
-        return [float(s) for s in stored["calibration_scores" if earlier else "scores"]], \
-            float(stored["pixel_threshold"])
+        return [float(s) for s in stored["calibration_scores" if earlier else "scores"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise DskdError(f"{path}: not a student set's out-of-fold scores ({type(exc).__name__}); fix it by "
                         f"{remedy}") from exc

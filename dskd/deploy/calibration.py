@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..data import run_images
-from ..data.images import content_mask
 from ..decision import Decision, shift_test
 from ..decision.stored import DECISION_FILE, write_decision, write_file_decision
 from ..errors import DskdError
@@ -45,20 +44,17 @@ def calibrate(inputs: list[str | Path], *, run: str | Path | None = None, model:
     paths = distinct([p for p, _ in collect_images(inputs)])
     if run is not None:
         never_trained_on(paths, Path(run))
-    scores, pixels, per_set = [], [], []
+    scores, per_set = [], []
     with closing(scored(predictor, paths, "calibrate", quiet)) as outcomes:
-        for _, image, amap, score, set_scores in outcomes:
+        for _, _, _, score, set_scores in outcomes:
             if isinstance(score, DskdError):
                 raise DskdError(f"{score} (calibration stops: every good image must be readable)")
             scores.append(score)
             per_set.append(set_scores)
-            inside = content_mask(image.shape[1], image.shape[0], predictor.image_size, predictor.fit_mode)
-            pixels.append(amap[inside])  # padding is not part of the image (pad mode)
     all_good(old, paths, np.asarray(scores), None if per_set[0] is None else np.stack(per_set))
     where = ", ".join(str(Path(i)) for i in inputs)
-    decision = Decision.on_good_images(scores=np.asarray(scores, np.float32), pixels=np.concatenate(pixels),
-                                       target=target, source=f"{len(scores)} good images from the line ({where})",
-                                       rule="line_false_alarm")
+    decision = Decision.on_good_images(scores=np.asarray(scores, np.float32), target=target, rule="line_false_alarm",
+                                       source=f"{len(scores)} good images from the line ({where})")
     decision = decision.replacing(old)
     target = _store(decision, run, model)
     log.warning("deployed threshold of %s is now %.4g (was %.4g, %s); %s from now on", target,

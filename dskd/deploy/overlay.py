@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..data.images import content_box
+from ..decision.outline import outline
 
 _JET = np.array([[0, 0, 0.5], [0, 0, 1], [0, 0.5, 1], [0, 1, 1], [0.5, 1, 0.5], [1, 1, 0], [1, 0.5, 0], [1, 0, 0],
                  [0.5, 0, 0]])
@@ -65,20 +66,20 @@ def render(image: np.ndarray, amap: np.ndarray, fit_mode: str, threshold: float,
            pixel_threshold: float | None = None, defective: bool | None = None,
            p_value: float | None = None) -> Image.Image:
     """Overlay for one image (H x W x 3 uint8) and its map (S x S): colour 0.5 at the pixel threshold (default: the
-    image threshold), the region at or above it outlined, and 'DEFECTIVE' or 'good' (the decision, by default the
-    score against the image threshold) with the score and the threshold, or the p-value that decided, in the
-    corner."""
+    image threshold), the decision's outline (`dskd.decision.outline`: only on a part it flags), and 'DEFECTIVE' or
+    'good' (the decision, by default the score against the image threshold) with the score and the threshold, or
+    the p-value that decided, in the corner."""
     height, width = image.shape[:2]
     full = map_to_image(amap, width, height, fit_mode)
     at = threshold if pixel_threshold is None else pixel_threshold
+    defective = score >= threshold if defective is None else defective
     spread = max(at - float(full.min()), 1e-6)
     heat = jet(0.5 + 0.5 * (full - at) / spread)
     out = (0.55 * image / 255.0 + 0.45 * heat).clip(0, 1)
     out = (out * 255).astype(np.uint8)
-    out[_outline(full >= at, max(1, min(width, height) // 200))] = OUTLINE
+    out[_outline(outline(full, defective, at), max(1, min(width, height) // 200))] = OUTLINE
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
-    defective = score >= threshold if defective is None else defective
     against = f"threshold {threshold:.3f}" if p_value is None else f"p {p_value:.3g}"
     text = f"{'DEFECTIVE' if defective else 'good'}  score {score:.3f}  {against}"
     font = ImageFont.load_default(size=max(10, min(width, height) // 25))

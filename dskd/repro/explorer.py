@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decision.outline import outline
 from ..model.config import N_SCALES
 from ..run import archive
 from ..run.archive import SavedMaps
@@ -79,6 +80,10 @@ class MapExplorer:
         return float(np.percentile(self.current_map(), 99))
 
     def prediction(self) -> np.ndarray:
+        """On the fused map, the outline a line-side overlay draws at this threshold (`dskd.decision.outline`:
+        only on an image the decision flags); on other views, the pixels at or above it."""
+        if self.view == "fused":
+            return outline(self.current_map(), bool(self.saved.verdicts()[self.index]), self.threshold)
         return self.current_map() >= self.threshold
 
     def truth(self) -> np.ndarray | None:

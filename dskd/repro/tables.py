@@ -129,7 +129,9 @@ def decision_row(r: pd.Series) -> dict[str, str]:
             "shift p": ABSENT if not present(get("shift_p_value")) else
             f"{float(get('shift_p_value')):.2g}" + (" (shifted)" if shifted else ""),
             "recall": _counted(get("defective_flagged"), get("n_defective")),
-            "F1": percent(get("f1_at_threshold")), "oracle F1-max": percent(get("image_f1_max"))}
+            "F1": percent(get("f1_at_threshold")), "oracle F1-max": percent(get("image_f1_max")),
+            "good outlined": _counted(get("good_outlined_count"), get("n_good")),
+            "SegF1": percent(get("pixel_f1_at_threshold")), "oracle pixel F1-max": percent(get("pixel_f1_max"))}
 
 
 def _span(low: int, high: int) -> str:

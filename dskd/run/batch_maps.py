@@ -84,16 +84,10 @@ def maps_in_batches(model: DSKD, images: torch.Tensor, device: torch.device, bat
                                      keep_students=keep_students)
 
 
-def scored(loaded: LoadedRun, dataset: AnomalyDataset, quiet: bool,
-            good_pixels_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(image scores, the pixel scores inside the images, of the good images only with `good_pixels_only`)."""
+def scored(loaded: LoadedRun, dataset: AnomalyDataset, quiet: bool) -> np.ndarray:
+    """The image scores of a dataset's images."""
     images, _ = preload(dataset, desc=f"loading {dataset.where}", quiet=quiet)
-    valid = valid_tensor(dataset)
-    maps, scores, _, _, _ = all_maps(loaded, images, valid, False, quiet)
-    keep = np.ones(maps.shape, bool) if valid is None else valid.numpy()
-    if good_pixels_only:
-        keep &= (dataset.labels == 0)[:, None, None]
-    return scores, maps[keep]
+    return all_maps(loaded, images, valid_tensor(dataset), False, quiet)[1]
 
 
 def all_maps(loaded: LoadedRun, images: torch.Tensor, valid: torch.Tensor | None, keep: bool, quiet: bool):

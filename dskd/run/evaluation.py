@@ -13,6 +13,7 @@ import numpy as np
 from ..atomic import write_json
 from ..data import AnomalyDataset, run_images
 from ..decision import FALSE_ALARM_RULES, Decision, at_threshold, shift_test
+from ..decision.outline import outlined_split
 from ..errors import DskdError
 from . import archive
 from .batch_maps import all_maps, preload, valid_tensor
@@ -21,10 +22,10 @@ from .metrics import all_metrics, pixel_metrics
 from .set_decision import decide_on_held_out, from_labelled_folder
 
 log = logging.getLogger(__name__)
-PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_f1_max")
+PIXEL_METRICS = ("pixel_auroc", "aupro", "aupro_005", "pixel_f1_max")
 # What a metrics.json must hold to be used as it is; an older or edited one is evaluated again.
 METRICS_SCHEMA = ("image_auroc", *PIXEL_METRICS, "false_alarm_rate", "recall", "n_good", "good_flagged",
-                  "bound_false_alarm", "decision", "shift")
+                  "bound_false_alarm", "decision", "shift", "pixel_f1_at_threshold", "good_outlined")
 
 
 def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, *, save_maps: bool = False,
@@ -47,7 +48,9 @@ def evaluate(run_dir: str | Path | RunDir, data_root: str | Path | None = None, 
     masks_np = masks.numpy() if test_set.has_masks else None
     metrics = _metrics(test_set.where, labels, scores, masks_np, maps, test_set.defect_types, valid_np)
     flagged = decision.flags(scores, set_scores)
-    result = {**metrics, **_decided(decision, labels, scores, set_scores, flagged, test_set, loaded),
+    outlined = outlined_split(maps, flagged, labels, decision.pixel_threshold,
+                              masks_np if masks_np is not None and masks_np.any() else None, valid_np)
+    result = {**metrics, **_decided(decision, labels, scores, set_scores, flagged, test_set, loaded), **outlined,
               "n_test": len(labels), "n_defective": int(labels.sum()), "seconds": round(time.perf_counter() - t0, 3),
               "dataset": cfg.dataset, "category": cfg.category, "backbone": cfg.model.backbone,
               "variant": cfg.model.variant, "df_source": cfg.model.df_source, "image_size": cfg.image_size,

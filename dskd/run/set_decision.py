@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..atomic import read_json, write_json
 from ..data import AnomalyDataset, held_out_images, labelled_samples, run_images
-from ..decision import Decision, false_alarm_threshold
+from ..decision import Decision
 from ..decision.stored import read_out_of_fold, write_decision, write_out_of_fold
 from .batch_maps import scored
 from .config import RunConfig
@@ -31,20 +31,20 @@ def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, q
         return decide_on_folds(loaded.run)
     held_out = held_out_images(cfg, data_root)
     images = held_out if held_out is not None else run_images(cfg, "train", data_root)
-    scores, pixels = scored(loaded, images, quiet)
+    scores = scored(loaded, images, quiet)
     if cfg.fold is not None:
-        write_out_of_fold(loaded.run.path, scores, false_alarm_threshold(pixels, cfg.target_false_alarm)[0])
+        write_out_of_fold(loaded.run.path, scores)
         return None
     if held_out is not None:
-        decision = Decision.on_good_images(scores=scores, pixels=pixels, target=cfg.target_false_alarm,
+        decision = Decision.on_good_images(scores=scores, target=cfg.target_false_alarm,
                                            source=f"{len(images)} good images held out of training "
                                                   f"({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
     else:
         note = (f"no validation split (val_fraction {cfg.val_fraction}): both thresholds come from the images "
                 "the model was trained on, so expect more false alarms than on held-out images")
         log.warning("decision threshold: %s", note)
-        decision = Decision.on_training_images(threshold=loaded.image_threshold, pixels=pixels,
-                                               target=cfg.target_false_alarm, n_images=len(images),
+        decision = Decision.on_training_images(threshold=loaded.image_threshold, target=cfg.target_false_alarm,
+                                               n_images=len(images),
                                                source=f"{len(images)} training images ({cfg.dataset}/{cfg.category})",
                                                note=note)
     write_decision(loaded.run.decision_file, decision)
@@ -53,13 +53,13 @@ def decide_on_held_out(loaded: LoadedRun, data_root: str | Path | None = None, q
 
 def decide_on_folds(run: RunDir) -> Decision:
     """Set a cross-fitted run's decision: the cross-conformal rule on each student set's scores of the fold it never
-    trained on (stored by each set; no map is computed again); the outline is the mean of the sets' thresholds."""
+    trained on (stored by each set; no map is computed again)."""
     cfg = run.config
     sets = [read_out_of_fold(run.student_set(k).path, "training the run again") for k in range(cfg.folds)]
     decision = Decision.cross_conformal(
-        out_of_fold_scores=[scores for scores, _ in sets], pixel_threshold=sum(t for _, t in sets) / len(sets),
-        target=cfg.target_false_alarm, source=f"{sum(len(s) for s, _ in sets)} good training images in {cfg.folds} "
-        f"folds, each scored by the set that never trained on it ({cfg.dataset}/{cfg.category}, seed {cfg.seed})")
+        out_of_fold_scores=sets, target=cfg.target_false_alarm, source=f"{sum(map(len, sets))} good training images "
+        f"in {cfg.folds} folds, each scored by the set that never trained on it ({cfg.dataset}/{cfg.category}, seed "
+        f"{cfg.seed})")
     write_decision(run.decision_file, decision)
     return decision
 
@@ -71,9 +71,8 @@ def score_folds_again(loaded: LoadedRun, data_root: str | Path | None = None, qu
     for k in range(loaded.run.config.folds):
         student_set = loaded.run.student_set(k)
         fold = run_images(student_set.config, "held_out", data_root)
-        scores = scored(replace(loaded, run=student_set, model=loaded.model.sets[k]), fold, quiet)[0]
-        _, pixel_threshold = read_out_of_fold(student_set.path, "training the run again")
-        write_out_of_fold(student_set.path, scores, pixel_threshold)
+        write_out_of_fold(student_set.path, scored(replace(loaded, run=student_set, model=loaded.model.sets[k]), fold,
+                                                   quiet))
     return decide_on_folds(loaded.run)
 
 
@@ -81,10 +80,10 @@ def from_labelled_folder(loaded: LoadedRun, folder: Path, target: float, quiet: 
     """The F1-max threshold of a labelled folder (good/ and defect folders), for one evaluation only."""
     cfg = loaded.run.config
     images = AnomalyDataset(labelled_samples(folder), cfg.image_size, where=str(folder), fit_mode=cfg.fit_mode)
-    scores, pixels = scored(loaded, images, quiet, good_pixels_only=True)
+    scores = scored(loaded, images, quiet)
     good = int((images.labels == 0).sum())
-    return Decision.on_labelled_folder(threshold=f1_max_threshold(images.labels, scores), pixels=pixels,
-                                       target=target, n_images=len(images),
+    return Decision.on_labelled_folder(threshold=f1_max_threshold(images.labels, scores), target=target,
+                                       n_images=len(images),
                                        source=f"{folder} ({good} good, {len(images) - good} defective images)")
 
 

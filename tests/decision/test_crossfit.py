@@ -105,7 +105,7 @@ def test_folds_are_seeded_and_even():
 def test_one_fold_decides_as_its_threshold_does():
     rng = np.random.default_rng(0)
     calibration, new = rng.normal(size=120).astype(np.float32), rng.normal(size=500).astype(np.float32)
-    d = Decision.cross_conformal(out_of_fold_scores=[calibration], pixel_threshold=0.5, target=0.02, source="one fold")
+    d = Decision.cross_conformal(out_of_fold_scores=[calibration], target=0.02, source="one fold")
     threshold, _ = false_alarm_threshold(calibration, 0.02)
     assert d.threshold == threshold and (d.flags(new, new[:, None]) == (new >= threshold)).all()
 
@@ -118,7 +118,7 @@ def test_cross_conformal_false_alarms_stay_near_the_target():
     scale, offset = rng.uniform(0.5, 2, k), rng.normal(size=k)
     for _ in range(300):
         calibration = [scale[j] * rng.gamma(2, size=n // k) + offset[j] for j in range(k)]
-        d = Decision.cross_conformal(out_of_fold_scores=calibration, pixel_threshold=0.0, target=rate, source="draw")
+        d = Decision.cross_conformal(out_of_fold_scores=calibration, target=rate, source="draw")
         new = rng.gamma(2, size=400)
         rates.append(d.flags(new, scale * new[:, None] + offset).mean())
     m = rank_of(n, rate)

@@ -54,7 +54,7 @@ def test_the_bound_holds_with_its_confidence_over_calibration_draws():
     rng = np.random.default_rng(3)
     over = []
     for _ in range(2000):
-        d = Decision.on_good_images(scores=rng.random(76, dtype=np.float32), pixels=np.zeros(4, np.float32),
+        d = Decision.on_good_images(scores=rng.random(76, dtype=np.float32),
                                     target=0.01, source="draw")
         over.append(1 - d.threshold > d.bound_false_alarm)  # uniform scores: the rate is 1 - threshold
     assert d.expected_false_alarm == pytest.approx(1 / 77) and np.mean(over) == pytest.approx(0.05, abs=0.015)
@@ -66,13 +66,13 @@ def test_the_shift_test_keeps_its_level_and_sees_a_shift():
     assert np.mean(same) <= 0.02  # exchangeable good images: at most about the 1 % level
     moved = [rank_sum_p_value((rng.normal(size=21), rng.normal(size=20) + 1.5)) < 0.01 for _ in range(200)]
     assert np.mean(moved) > 0.9
-    d = Decision.on_good_images(scores=rng.normal(size=76).astype(np.float32), pixels=np.zeros(4, np.float32),
+    d = Decision.on_good_images(scores=rng.normal(size=76).astype(np.float32),
                                 target=0.01, source="76 images")
     assert shift_test(d, rng.normal(size=191) + 1.0)["shifted"] and not shift_test(d, np.array([]))
 
 
 def test_a_decision_file_is_checked_field_by_field():
-    d = Decision.on_good_images(scores=np.linspace(0, 1, 30, dtype=np.float32), pixels=np.zeros(4, np.float32),
+    d = Decision.on_good_images(scores=np.linspace(0, 1, 30, dtype=np.float32),
                                 target=0.01, source="30 images")
     again = Decision.from_dict(d.to_dict())
     assert again == d and again.calibration_scores == sorted(again.calibration_scores)
@@ -89,11 +89,11 @@ def test_a_decision_file_is_checked_field_by_field():
 
 
 def test_a_small_or_degenerate_validation_split_says_what_it_supports(caplog):
-    few = Decision.on_good_images(scores=np.linspace(0, 1, 12, dtype=np.float32), pixels=np.zeros(10, np.float32),
+    few = Decision.on_good_images(scores=np.linspace(0, 1, 12, dtype=np.float32),
                                   target=0.01, source="12 images")
     assert few.expected_false_alarm == pytest.approx(1 / 13) and "1/13 = 7.7%" in few.note
     assert "99 good images" in few.note
-    flat = Decision.on_good_images(scores=np.full(200, 0.3, np.float32), pixels=np.zeros(10, np.float32),
+    flat = Decision.on_good_images(scores=np.full(200, 0.3, np.float32),
                                    target=0.01, source="200 images")
     assert "all 200 calibration scores are equal" in flat.note and flat.threshold > 0.3
     # the two warnings; whether the INFO lines are captured too depends on the logging level earlier tests left
@@ -161,3 +161,6 @@ def test_permuting_the_test_labels_leaves_the_deployed_threshold_unchanged(data_
     assert shuffled["image_auroc"] != truth["image_auroc"] and shuffled["recall"] != truth["recall"]
     assert truth["image_f1_max"] is not None and truth["false_alarm_rate"] is not None
     assert truth["precision"] == "float32" and 0 <= truth["precision_at_threshold"] <= 1  # two keys, two meanings
+    # the outline is the decision's: good images outlined exactly when flagged; SegF1 and AUPRO at 0.05 beside
+    assert truth["good_outlined"] == truth["false_alarm_rate"] and decision["pixel_threshold"] == decision["threshold"]
+    assert 0 <= truth["pixel_f1_at_threshold"] <= 1 and 0 <= truth["aupro_005"] <= truth["aupro"] + 1e-9 <= 1 + 1e-9

@@ -1,5 +1,7 @@
 """Every rule's decision, built by keyword only, comes out as the code made it before the decision had a package of
-its own (golden_2026-12-07.json was written by that code from the same seeded inputs); every stored form reads back."""
+its own (golden_2026-12-07.json was written by that code from the same seeded inputs), but for one change made on
+purpose the same day: the outline's pixel threshold is now the image threshold (decision schema 5,
+`dskd.decision.outline`). Every stored form reads back."""
 
 import json
 
@@ -26,16 +28,16 @@ def _inputs():
 def _decisions() -> dict[str, Decision]:
     s76, px, s8, s20, folds, *_ = _inputs()
     return {
-        "held_out_76": Decision.on_good_images(scores=s76, pixels=px, target=0.01,
+        "held_out_76": Decision.on_good_images(scores=s76, target=0.01,
                                                source="76 good images held out of training (mt/mt, seed 0)"),
-        "held_out_8": Decision.on_good_images(scores=s8, pixels=px[:999], target=0.01, source="8 good images"),
-        "equal_scores": Decision.on_good_images(scores=np.full(12, 3.5, np.float32), pixels=px[:100], target=0.05,
+        "held_out_8": Decision.on_good_images(scores=s8, target=0.01, source="8 good images"),
+        "equal_scores": Decision.on_good_images(scores=np.full(12, 3.5, np.float32), target=0.05,
                                                 source="12 equal"),
-        "line_20": Decision.on_good_images(scores=s20, pixels=px[:2000], target=0.02, rule="line_false_alarm",
+        "line_20": Decision.on_good_images(scores=s20, target=0.02, rule="line_false_alarm",
                                            source="20 good images from the line (line/)"),
-        "cross_conformal": Decision.cross_conformal(out_of_fold_scores=folds, pixel_threshold=0.37, target=0.01,
+        "cross_conformal": Decision.cross_conformal(out_of_fold_scores=folds, target=0.01,
                                                     source="209 good training images in 3 folds"),
-        "training_images": Decision.on_training_images(threshold=4.25, pixels=px, target=0.01, n_images=30,
+        "training_images": Decision.on_training_images(threshold=4.25, target=0.01, n_images=30,
                                                        source="30 training images (synthetic/stripes)",
                                                        note="no validation split"),
         "before_decisions": Decision.unrecorded(threshold=4.25),
@@ -43,24 +45,31 @@ def _decisions() -> dict[str, Decision]:
 
 
 def _as_golden(d: Decision) -> dict:
-    """Today's record in the golden file's schema 3: the out-of-fold scores under their old name."""
+    """Today's record in the golden file's schema 3: the out-of-fold scores under their old name, the pixel
+    threshold left out (schema 5 set it to the image threshold)."""
     out = d.to_dict()
     out.pop("set_at")
     out["fold_scores"], out["schema"] = out.pop("out_of_fold_scores"), 3
+    out.pop("pixel_threshold")
     return out
+
+
+def _golden(name: str) -> dict:
+    return {k: v for k, v in GOLDEN[name].items() if k != "pixel_threshold"}
 
 
 def test_every_rule_decides_as_before_and_positional_arguments_are_refused():
     for name, decision in _decisions().items():
-        assert _as_golden(decision) == GOLDEN[name], name
+        assert _as_golden(decision) == _golden(name), name
+        assert decision.pixel_threshold == decision.threshold, name  # the outline is drawn at the decision
     with pytest.raises(TypeError):
         Decision(1.0, 1.0, "val_false_alarm", "x", 1)  # keyword arguments only
 
 
 def test_decisions_flag_and_check_as_before():
     s76, px, *_, folds, test, labels, per_set = _inputs()
-    d76 = Decision.on_good_images(scores=s76, pixels=px, target=0.01, source="x")
-    cc = Decision.cross_conformal(out_of_fold_scores=folds, pixel_threshold=0.37, target=0.01, source="x")
+    d76 = Decision.on_good_images(scores=s76, target=0.01, source="x")
+    cc = Decision.cross_conformal(out_of_fold_scores=folds, target=0.01, source="x")
     assert d76.flags(test).tolist() == GOLDEN["flags_76"]
     assert cc.flags(test, per_set).tolist() == GOLDEN["flags_cc"]
     assert cc.p_values(per_set).tolist() == GOLDEN["p_values_cc"]
@@ -79,7 +88,8 @@ def test_every_stored_form_reads_back(tmp_path):
         assert read_decision(tmp_path / "decision.json") == decision, name
         old = {**GOLDEN[name], "set_at": ""}  # the schema-3 file today's code replaced
         (tmp_path / "old.json").write_text(json.dumps(old))
-        assert _as_golden(read_decision(tmp_path / "old.json")) == GOLDEN[name], name
+        back = read_decision(tmp_path / "old.json")
+        assert _as_golden(back) == _golden(name) and back.pixel_threshold == GOLDEN[name]["pixel_threshold"], name
         meta = {"image_size": "64", "fit_mode": "stretch", **to_metadata(decision)}
         assert from_metadata(meta, "model.onnx") == (64, "stretch", decision)
     # an exported file from before the decision was one JSON entry, and one older still (a threshold alone)
@@ -92,5 +102,4 @@ def test_every_stored_form_reads_back(tmp_path):
     # a student set's out-of-fold scores: stored as scores, or (trained earlier) inside a decision of its own
     (tmp_path / "set").mkdir()
     write_decision(tmp_path / "set" / "decision.json", _decisions()["held_out_76"])
-    scores, pixel = read_out_of_fold(tmp_path / "set", "train it again")
-    assert scores == GOLDEN["held_out_76"]["calibration_scores"] and pixel == GOLDEN["held_out_76"]["pixel_threshold"]
+    assert read_out_of_fold(tmp_path / "set", "train it again") == GOLDEN["held_out_76"]["calibration_scores"]

@@ -78,7 +78,7 @@ def test_a_batch_flagged_far_above_the_promise_warns(caplog):
     from dskd.deploy.prediction import _check_share
     from dskd.deploy.predictors import Predictor
 
-    d = Decision.on_good_images(scores=np.linspace(0, 1, 21, dtype=np.float32), pixels=np.zeros(4, np.float32),
+    d = Decision.on_good_images(scores=np.linspace(0, 1, 21, dtype=np.float32),
                                 target=0.01, source="21 images")
     assert excess_flags(d, 3, 40) > 0.1 and excess_flags(d, 20, 40) < 1e-4
     predictor = Predictor(lambda x, v: (x, x), 64, "stretch", d, "runs/r", "run")
