@@ -20,8 +20,8 @@ from ..decision.stored import DECISION_FILE, write_decision, write_file_decision
 from ..errors import DskdError
 from ..run.config import RunConfig
 from ..settings import check_value, field_named
-from .prediction import collect_images, scored
-from .predictors import open_predictor
+from .prediction import collect_images
+from .predictors import open_predictor, scored
 
 log = logging.getLogger(__name__)
 TARGET = field_named(RunConfig, "target_false_alarm")  # described once, with its range

@@ -3,10 +3,8 @@ the threshold outlined, and the score and decision printed on it. NumPy and Pill
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data.images import content_box
 from ..decision.outline import outline
@@ -14,25 +12,6 @@ from ..decision.outline import outline
 _JET = np.array([[0, 0, 0.5], [0, 0, 1], [0, 0.5, 1], [0, 1, 1], [0.5, 1, 0.5], [1, 1, 0], [1, 0.5, 0], [1, 0, 0],
                  [0.5, 0, 0]])
 OUTLINE = (255, 0, 255)  # magenta: visible on the jet colours and on grey parts alike
-SOFTWARE = "dskd predict"  # an overlay's PNG text: what predict wrote is never read as a part's image
-
-
-def save(picture: Image.Image, path: Path) -> None:
-    """An overlay as PNG, marked as predict's own (`is_overlay`)."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)
-    picture.save(path, "PNG", pnginfo=info)
-
-
-def is_overlay(path: Path) -> bool:
-    """Whether a file is an overlay predict wrote (its PNG text says so; the header alone is read)."""
-    try:
-        with Image.open(path) as im:
-            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
-    except (OSError, SyntaxError, ValueError):
-        return False
-
-
 def jet(t: np.ndarray) -> np.ndarray:
     """H x W in [0, 1] -> H x W x 3 in [0, 1] (matplotlib's 'jet', by linear interpolation of its anchors)."""
     pos = np.clip(t, 0, 1) * (len(_JET) - 1)

@@ -9,26 +9,43 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
+from PIL import Image, PngImagePlugin
 
 from ..atomic import WriteError, atomic_write
-from ..data.images import IMAGE_EXTS, content_mask, fit_to_square, read_image
+from ..data.images import IMAGE_EXTS
 from ..decision import excess_flags
 from ..errors import DskdError
 from ..stats import SHIFT_LEVEL
 from . import overlay
-from .predictors import Predictor, open_predictor
+from .predictors import Predictor, open_predictor, scored
 
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "score", "decision", "threshold", "p_value", "overlay", "error"]
 SCORES = "scores.csv"
+SOFTWARE = "dskd predict"  # an overlay's PNG text: what predict wrote is never read as a part's image
+
+
+def save_overlay(picture: Image.Image, path: Path) -> None:
+    """An overlay as PNG, marked as predict's own (`is_overlay`)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    picture.save(path, "PNG", pnginfo=info)
+
+
+def is_overlay(path: Path) -> bool:
+    """Whether a file is an overlay predict wrote (its PNG text says so; the header alone is read)."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 # An overlay's file name, at most: file systems allow 255 bytes, and an atomic write's temporary name is longer.
 MAX_NAME_BYTES = 200
 
@@ -67,7 +84,7 @@ def images_in(folder: Path) -> list[Path]:
     for what predict itself wrote there (overlays, scores.csv), which is never read as a part."""
     images, own = [], 0
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        if path.name == SCORES or (path.suffix.lower() == ".png" and overlay.is_overlay(path)):
+        if path.name == SCORES or (path.suffix.lower() == ".png" and is_overlay(path)):
             own += 1
         elif path.suffix.lower() in IMAGE_EXTS:
             images.append(path)
@@ -88,31 +105,6 @@ def _fitting(stem: str, ending: str) -> str:
     while len(os.fsencode(stem + digest + ending)) > MAX_NAME_BYTES:
         stem = stem[:-1]
     return stem + digest + ending
-
-
-def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
-    """(S x S map, score, each student set's score of a cross-fitted model or None) of one H x W x 3 uint8 image."""
-    size, mode = predictor.image_size, predictor.fit_mode
-    x = fit_to_square(original, size, Image.BILINEAR, mode).transpose(2, 0, 1)[None]
-    valid = content_mask(original.shape[1], original.shape[0], size, mode)[None] if mode == "pad" else None
-    maps, scores, set_scores = predictor.infer(np.ascontiguousarray(x), valid)
-    return maps[0], float(scores[0]), None if set_scores is None else set_scores[0]
-
-
-def scored(predictor: Predictor, paths: list[Path], desc: str, quiet: bool
-           ) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, float | DskdError, np.ndarray | None]]:
-    """(path, image, map, score, set scores) for each path in turn (`predict_image`), or (path, None, None, the
-    error, None) for an unreadable one.
-    Close it (`contextlib.closing`) when stopping early: its progress bar then ends its line before an error's."""
-    with tqdm(total=len(paths), desc=desc, disable=quiet, unit="image") as bar:
-        for path in paths:
-            try:
-                original = read_image(path)
-            except DskdError as exc:
-                yield path, None, None, exc, None
-            else:
-                yield path, original, *predict_image(predictor, original)
-            bar.update()
 
 
 class _ScoresFile:
@@ -193,7 +185,7 @@ def _write_overlay(picture: Image.Image, path: Path) -> tuple[str, str]:
     """(the overlay written, "") or ("", why not) when the file system refuses this one name; a refusal that would
     stop every write (a full disk, a read-only folder) stops the prediction."""
     try:
-        atomic_write(path, lambda tmp: overlay.save(picture, tmp))
+        atomic_write(path, lambda tmp: save_overlay(picture, tmp))
     except WriteError as exc:
         if getattr(exc.__cause__, "errno", None) not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
             raise

@@ -1,15 +1,19 @@
 """Predictors behind one interface, whichever engine runs the model: PyTorch (a run folder), or an exported file
-through ONNX Runtime or OpenVINO. The exported engines need NumPy, Pillow and their runtime, not PyTorch."""
+through ONNX Runtime or OpenVINO; and a user's images scored through one, image by image (`scored`). The exported
+engines need NumPy, Pillow and their runtime, not PyTorch."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
+from ..data.images import content_mask, fit_to_square, read_image
 from ..decision import Decision
 from ..decision.stored import from_metadata, openvino_metadata
 from ..errors import DskdError
@@ -157,3 +161,28 @@ def open_predictor(run: str | Path | None = None, model: str | Path | None = Non
     if engine == "torch":
         raise DskdError("--engine torch needs --run RUN_DIR; an exported file runs on onnxruntime or openvino")
     return onnxruntime_predictor(path) if engine == "onnxruntime" else openvino_predictor(path)
+
+
+def predict_image(predictor: Predictor, original: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(S x S map, score, each student set's score of a cross-fitted model or None) of one H x W x 3 uint8 image."""
+    size, mode = predictor.image_size, predictor.fit_mode
+    x = fit_to_square(original, size, Image.BILINEAR, mode).transpose(2, 0, 1)[None]
+    valid = content_mask(original.shape[1], original.shape[0], size, mode)[None] if mode == "pad" else None
+    maps, scores, set_scores = predictor.infer(np.ascontiguousarray(x), valid)
+    return maps[0], float(scores[0]), None if set_scores is None else set_scores[0]
+
+
+def scored(predictor: Predictor, paths: list[Path], desc: str, quiet: bool
+           ) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, float | DskdError, np.ndarray | None]]:
+    """(path, image, map, score, set scores) for each path in turn (`predict_image`), or (path, None, None, the
+    error, None) for an unreadable one.
+    Close it (`contextlib.closing`) when stopping early: its progress bar then ends its line before an error's."""
+    with tqdm(total=len(paths), desc=desc, disable=quiet, unit="image") as bar:
+        for path in paths:
+            try:
+                original = read_image(path)
+            except DskdError as exc:
+                yield path, None, None, exc, None
+            else:
+                yield path, original, *predict_image(predictor, original)
+            bar.update()
