@@ -20,6 +20,10 @@ def jet(t: np.ndarray) -> np.ndarray:
     return _JET[lo] * (1 - frac) + _JET[lo + 1] * frac
 
 
+_JET_LUT = np.rint(jet(np.linspace(0.0, 1.0, 256)) * 255).astype(np.float32)  # 256 x 3: the colours in 1/255 steps
+BLOCK_ROWS = 256
+
+
 def map_to_image(amap: np.ndarray, width: int, height: int, fit_mode: str) -> np.ndarray:
     """The S x S map in the original image's frame: the padding cut away (pad mode), then resized to W x H."""
     size = amap.shape[-1]
@@ -53,9 +57,11 @@ def render(image: np.ndarray, amap: np.ndarray, fit_mode: str, threshold: float,
     at = threshold if pixel_threshold is None else pixel_threshold
     defective = score >= threshold if defective is None else defective
     spread = max(at - float(full.min()), 1e-6)
-    heat = jet(0.5 + 0.5 * (full - at) / spread)
-    out = (0.55 * image / 255.0 + 0.45 * heat).clip(0, 1)
-    out = (out * 255).astype(np.uint8)
+    level = np.clip(np.rint((0.5 + 0.5 * (full - at) / spread) * 255), 0, 255).astype(np.uint8)
+    out = np.empty_like(image)
+    for top in range(0, height, BLOCK_ROWS):  # in blocks: a 24-megapixel frame never has a float copy whole
+        rows = slice(top, top + BLOCK_ROWS)
+        out[rows] = (0.55 * image[rows] + 0.45 * _JET_LUT[level[rows]]).astype(np.uint8)
     out[_outline(outline(full, defective, at), max(1, min(width, height) // 200))] = OUTLINE
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)

@@ -40,3 +40,17 @@ def test_the_overlay_draws_the_decision_s_outline():
     flagged = np.asarray(overlay.render(image, amap, "stretch", 10.0, 5.0, pixel_threshold=1.0, defective=True))
     magenta = np.all(flagged == overlay.OUTLINE, axis=2)
     assert not np.all(passed == overlay.OUTLINE, axis=2).any() and magenta.any()
+
+
+def test_a_tall_overlay_blended_in_blocks_equals_one_blended_whole():
+    """A 24-megapixel frame is blended in row blocks (memory); the blocks must meet without a seam."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((3 * overlay.BLOCK_ROWS + 17, 300, 3)) * 255).astype(np.uint8)
+    amap = rng.random((32, 32)).astype(np.float32)
+    got = np.asarray(overlay.render(image, amap, "stretch", 2.0, 0.5, defective=False))
+    full = overlay.map_to_image(amap, 300, image.shape[0], "stretch")
+    spread = max(2.0 - float(full.min()), 1e-6)
+    level = np.clip(np.rint((0.5 + 0.5 * (full - 2.0) / spread) * 255), 0, 255).astype(np.uint8)
+    whole = (0.55 * image + 0.45 * overlay._JET_LUT[level]).astype(np.uint8)
+    below_label = slice(60, None)  # the decision's label is drawn in the top-left corner
+    assert np.array_equal(got[below_label], whole[below_label])
