@@ -120,8 +120,12 @@ def test_explorer_callbacks_and_iou(fake_run):
     assert ex.threshold == pytest.approx(0.5) and ex.iou() == 1.0  # image 0: nothing predicted, nothing true
     ex.set_image(1)
     assert ex.iou() == pytest.approx(64 / 96)
-    ex.set_threshold(2.0)
-    assert ex.iou() == 0.0
+    ex.set_threshold(2.0)  # above the map: a flagged image keeps its peak outlined, as the overlay draws it
+    assert ex.iou() == pytest.approx(64 / 96)
+    ex.set_threshold(0.0)
+    ex.set_image(2)  # passed by the decision: no outline at any threshold
+    assert not ex.prediction().any() and ex.iou() == 1.0
+    ex.set_image(1)
     ex.set_view("student sd")
     ex.set_threshold(1.5)
     assert ex.iou() == pytest.approx(64 / 96)
