@@ -56,13 +56,20 @@ def read_out_of_fold(folder: Path, remedy: str) -> list[float]:
                         f"{remedy}") from exc
 
 
-def file_metadata(decision: Decision | None, /, **values: str) -> dict[str, str]:
-    """An exported file's metadata: `values` under their keys (each one of `FILE_KEYS`) and the decision, which
-    `from_metadata` reads back (None: `values` holds it already)."""
-    unknown = set(values) - set(FILE_KEYS)
-    if unknown:
-        raise ValueError(f"not an exported file's metadata key: {sorted(unknown)}")
-    return {**values, **({} if decision is None else to_metadata(decision))}
+def file_metadata(decision: Decision, *, version: str, fingerprint: str, run_name: str, image_size: int, fit_mode: str,
+                  batch: int | None, students: tuple[str, ...], int8: tuple[int, tuple[str, ...]] | None = None,
+                  ) -> dict[str, str]:
+    """An exported file's metadata (`FILE_KEYS`; `from_metadata` reads it back): what the file is, how to feed it,
+    and its decision; `int8`: (how many training images calibrated it, the networks quantized)."""
+    meta = {"dskd_version": version, "fingerprint": fingerprint, "run_name": run_name, "image_size": str(image_size),
+            "fit_mode": fit_mode, "batch": "dynamic" if batch is None else str(batch), "precision": "fp32",
+            "students": ",".join(students), **to_metadata(decision),
+            "input_layout": "images: float32 N x 3 x S x S, RGB in [0, 1]" + (
+                "; valid: bool N x S x S" if fit_mode == "pad" else "")}
+    if int8 is not None:
+        meta.update(precision="int8", calibration=f"{int8[0]} training images of the run (NNCF)",
+                    int8_networks=", ".join(int8[1]))
+    return meta
 
 
 def to_metadata(decision: Decision) -> dict[str, str]:

@@ -55,14 +55,12 @@ class InferenceGraph(nn.Module):
         return out.map, out.score, *per_set, torch.cat([out.per_student[n] for n in self.model.students], dim=1)
 
 
-def metadata(loaded: LoadedRun, image_size: int, batch: int | None) -> dict[str, str]:
+def metadata(loaded: LoadedRun, image_size: int, batch: int | None,
+             int8: tuple[int, tuple[str, ...]] | None = None) -> dict[str, str]:
     cfg = loaded.run.config
-    return file_metadata(loaded.decision(), dskd_version=__version__, fingerprint=cfg.fingerprint(),
-                         run_name=loaded.run.path.name, image_size=str(image_size), fit_mode=cfg.fit_mode,
-                         batch="dynamic" if batch is None else str(batch), precision="fp32",
-                         students=",".join(loaded.model.students),
-                         input_layout="images: float32 N x 3 x S x S, RGB in [0, 1]" + (
-                             "; valid: bool N x S x S" if cfg.fit_mode == "pad" else ""))
+    return file_metadata(loaded.decision(), version=__version__, fingerprint=cfg.fingerprint(),
+                         run_name=loaded.run.path.name, image_size=image_size, fit_mode=cfg.fit_mode, batch=batch,
+                         students=loaded.model.students, int8=int8)
 
 
 def _names(graph: InferenceGraph) -> tuple[list[str], list[str]]:
@@ -119,9 +117,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     calibration, quantized = None, present + (("model.teacher",) if int8_teacher else ())
     if int8:
         calibration = training_images(loaded, size, calibration_images)
-        meta = file_metadata(None, **{**meta, "precision": "int8", "int8_networks": ", ".join(
-            m.removeprefix("model.") for m in quantized), "calibration": f"{len(calibration[0])} training images of "
-            "the run (NNCF)"})
+        meta = metadata(loaded, size, batch, (len(calibration[0]), tuple(m.removeprefix("model.") for m in quantized)))
         log.warning("INT8 changes the maps: measure it on this run's test split before deploying it "
                     "(python -m benchmarks.int8; see results/benchmarks/int8.md for what it cost there)")
     export_model(loaded.model, fmt, target, meta, image_size=size, batch=batch, student_maps=student_maps,

@@ -92,6 +92,12 @@ def test_every_stored_form_reads_back(tmp_path):
         assert _as_golden(back) == _golden(name) and back.pixel_threshold == GOLDEN[name]["pixel_threshold"], name
         meta = {"image_size": "64", "fit_mode": "stretch", **to_metadata(decision)}
         assert from_metadata(meta, "model.onnx") == (64, "stretch", decision)
+    from dskd.decision.stored import FILE_KEYS, file_metadata
+
+    for int8 in (None, (8, ("se", "sd"))):
+        meta = file_metadata(_decisions()["held_out_76"], version="0", fingerprint="f", run_name="r", image_size=64,
+                             fit_mode="pad", batch=None, students=("se", "sd"), int8=int8)
+        assert set(meta) <= set(FILE_KEYS) and from_metadata(meta, "m.onnx")[:2] == (64, "pad")
     # an exported file from before the decision was one JSON entry, and one older still (a threshold alone)
     before = {"image_size": "64", "fit_mode": "pad", "threshold": "2.5", "threshold_rule": "val_false_alarm",
               "pixel_threshold": "1.5"}
