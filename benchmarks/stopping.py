@@ -92,7 +92,7 @@ def trajectory(cfg: RunConfig, out: Path, device: torch.device) -> None:
     epoch); epochs already in `out` are not scored again."""
     run = RunDir(RUNS / cfg.run_name(), cfg)
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
-    if run.completed and len(done) >= cfg.epochs:
+    if len(done) >= cfg.epochs:  # recorded whole (a fresh checkout has the file, not the run folder)
         return
     data, test = TrainingData.read(cfg, quiet=True), TestSplit.read(cfg)
     rows = done.to_dict("records")
